@@ -1,0 +1,1 @@
+"""Package data: the offline GPT-2 tokenizer."""
