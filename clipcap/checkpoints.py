@@ -19,7 +19,6 @@ are read off the tensor shapes; what the weights cannot tell is a keyword argume
 
 from __future__ import annotations
 
-import json
 import logging
 import pickle
 import re
@@ -188,7 +187,7 @@ def _read_pickle(path: Path) -> StateDict:
                 "(torch.save(model.state_dict(), ...)) where it was made.",
             ) from None
         raise CheckpointError(path, f"not a PyTorch checkpoint: {e}") from None
-    except Exception as e:  # noqa: BLE001 - garbage bytes make the unpickler raise anything
+    except Exception as e:  # garbage bytes make the unpickler raise anything
         raise CheckpointError(
             path, f"not a readable PyTorch checkpoint (truncated or corrupt?): {e}"
         ) from None
@@ -392,7 +391,7 @@ def _checked(path: Path | str, build):
 
 def describe(config: ClipCapConfig) -> dict[str, Any]:
     """The facts a user wants to see about a checkpoint (``clipcap info``)."""
-    g, m = config.gpt2, config.mapper
+    g, m, gen = config.gpt2, config.mapper, config.generation
     return {
         "format": config.source_format,
         "variant": config.variant,
@@ -407,5 +406,6 @@ def describe(config: ClipCapConfig) -> dict[str, Any]:
         if config.clip is None
         else f"{config.clip.backend}:{config.clip.model}"
         + (f" ({config.clip.pretrained})" if config.clip.pretrained else ""),
-        "generation": json.dumps(config.generation.to_dict()),
+        "generation": f"{gen.strategy}, at most {gen.max_new_tokens} new tokens, "
+        f"stop at {list(gen.stop_token_ids)}",
     }
