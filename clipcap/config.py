@@ -117,10 +117,17 @@ class ClipSpec:
     pretrained: str | None = None  # open_clip: a pretrained tag or a local weights file
     embed_dim: int = 512
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    # open_clip only: None = the activation the model name / pretrained tag implies; True/False = QuickGELU
+    # forced on/off (OpenAI's weights need QuickGELU; a plain state dict cannot say so).
+    quick_gelu: bool | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in CLIP_BACKENDS:
             raise ConfigError(f"clip.backend must be one of {', '.join(CLIP_BACKENDS)}, got {self.backend!r}")
+        if self.quick_gelu is not None and not isinstance(self.quick_gelu, bool):
+            raise ConfigError(f"clip.quick_gelu must be true, false or null, got {self.quick_gelu!r}")
+        if self.backend == "hf" and self.quick_gelu is not None:
+            raise ConfigError("clip.quick_gelu is an open_clip setting; it must be null for the hf backend")
 
 
 # The CLIP each released checkpoint was trained on (../shared/reference/clipcap-formats.md).
