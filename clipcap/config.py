@@ -131,8 +131,9 @@ class ClipSpec:
 
 
 # The CLIP each released checkpoint was trained on (../shared/reference/clipcap-formats.md).
-OPENAI_VIT_B_32 = ClipSpec("open_clip", "ViT-B-32", "openai", 512, Preprocessing(224))
-OPENAI_RN50X4 = ClipSpec("open_clip", "RN50x4", "openai", 640, Preprocessing(288))
+# OpenAI's weights need QuickGELU: said explicitly, whatever a library's tag would imply.
+OPENAI_VIT_B_32 = ClipSpec("open_clip", "ViT-B-32", "openai", 512, Preprocessing(224), quick_gelu=True)
+OPENAI_RN50X4 = ClipSpec("open_clip", "RN50x4", "openai", 640, Preprocessing(288), quick_gelu=True)
 HF_VIT_B_32 = ClipSpec("hf", "openai/clip-vit-base-patch32", None, 512, Preprocessing(224, convention="hf"))
 
 

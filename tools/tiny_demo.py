@@ -1,0 +1,61 @@
+"""`make demo` until the training demo lands: a ClipCap checkpoint's trip through the loader.
+
+Builds a tiny random ClipCap in the original repository's pickle format (legacy buffers and all),
+shows what `clipcap info` reads off it, converts it to this project's safetensors format, and
+generates a caption for a random CLIP embedding with the PyTorch reference decoder. The weights
+are random, so the caption is too: the point is the path, not the words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from clipcap.checkpoints import load_checkpoint  # noqa: E402
+from clipcap.cli import main as clipcap  # noqa: E402
+from clipcap.config import ClipCapConfig, GPT2Config, MapperConfig  # noqa: E402
+from clipcap.generate import generate  # noqa: E402
+from clipcap.model import ClipCapModel  # noqa: E402
+from clipcap.options import DecodingOptions  # noqa: E402
+from clipcap.tokenizer import load_tokenizer  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("demo-out"))
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+
+    torch.manual_seed(0)
+    gpt2 = GPT2Config(n_embd=768, n_layer=2, n_head=12, n_positions=128)
+    config = ClipCapConfig(gpt2, MapperConfig("mlp", 512, 10, hidden_dim=3840))
+    state = ClipCapModel(config).state_dict()
+    for i in range(config.gpt2.n_layer):  # what transformers 4.11 saved beside the weights
+        state[f"gpt.transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(1, 1, 128, 128, dtype=torch.uint8))
+        state[f"gpt.transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    pickle_path = out / "tiny_original_mlp.pt"
+    torch.save(state, pickle_path)
+
+    print(f"$ clipcap info {pickle_path}")
+    clipcap(["info", str(pickle_path)])
+    print(f"\n$ clipcap convert {pickle_path} --out {out / 'tiny-converted'}")
+    clipcap(["convert", str(pickle_path), "--out", str(out / "tiny-converted")])
+
+    model = load_checkpoint(out / "tiny-converted")
+    tokenizer = load_tokenizer()
+    embedding = torch.randn(1, 512)
+    for strategy in ("greedy", "beam"):
+        options = DecodingOptions(strategy=strategy, max_new_tokens=12, stop_token_ids=(13,))
+        tokens = generate(model, embedding, options)[0].tokens
+        print(f"\n{strategy:>6} caption of a random embedding (random weights): {tokenizer.decode(tokens)!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
