@@ -434,7 +434,7 @@ def _vision_model_class(transformers: Any) -> Any:
     """
 
     class CLIPImageEmbedder(transformers.CLIPVisionModelWithProjection):
-        _keys_to_ignore_on_load_unexpected = _HF_TEXT_WEIGHTS
+        _keys_to_ignore_on_load_unexpected = list(_HF_TEXT_WEIGHTS)  # noqa: RUF012 - 4.x adds a list
 
     return CLIPImageEmbedder
 
