@@ -8,12 +8,15 @@ Errors the user can fix end as one line on stderr and exit status 2, never a tra
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from clipcap import __version__
-from clipcap.errors import ClipCapError
+from clipcap.errors import ClipCapError, ConfigError
 
 EPILOG = """\
 Checkpoint formats (detected from the weights): the seed's (mapping.proj1/proj2), the
@@ -22,8 +25,6 @@ original MLP (clip_project.model.0/2), linear (clip_project.weight) and Transfor
 
 Run `clipcap COMMAND --help` for each command's options.
 """
-
-CLIP_PRESETS = ("openai-vit-b-32", "openai-rn50x4", "hf-vit-b-32")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -72,47 +73,135 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("checkpoint", help="a checkpoint file (.pt/.pth/.safetensors) or directory")
     convert.add_argument("--out", required=True, metavar="DIR", help="directory to write (made if missing)")
     _add_checkpoint_settings(convert)
+
+    export = _command(
+        commands,
+        "export",
+        cmd_export,
+        "export a checkpoint to a verified ONNX bundle for clipcap.runtime",
+        description=(
+            "Trace the CLIP image encoder, the mapper and GPT-2 (with its KV cache) to ONNX, check every "
+            "graph and greedy captions against PyTorch, and write the bundle directory: three graphs, "
+            "tokenizer.json and the clipcap.json manifest. Nothing is written unless it all passes."
+        ),
+        epilog=EXPORT_EPILOG,
+    )
+    export.add_argument("checkpoint", help="a checkpoint file (.pt/.pth/.safetensors) or directory")
+    export.add_argument("-o", "--out", required=True, metavar="DIR", help="the bundle directory to write")
+    clip = export.add_argument_group("CLIP (default: the one the checkpoint's width implies)")
+    clip.add_argument(
+        "--clip",
+        metavar="MODEL[:TAG] | hf:ID_OR_DIR",
+        help="open_clip architecture with an optional pretrained tag (ViT-B-32:openai, RN50x4:openai), "
+        "or a Hugging Face CLIP hub id or local directory (hf:openai/clip-vit-base-patch32)",
+    )
+    clip.add_argument(
+        "--clip-weights",
+        metavar="FILE",
+        help="local open_clip weights for --clip MODEL (a state dict, or OpenAI's TorchScript .pt): "
+        "works offline. OpenAI weights as a plain state dict need a -quickgelu MODEL",
+    )
+    clip.add_argument(
+        "--clip-config", metavar="JSON", help="open_clip model config for an architecture it lacks"
+    )
+    _add_checkpoint_settings(export)
+    out = export.add_argument_group("output")
+    out.add_argument("--tokenizer", metavar="FILE_OR_DIR", help="tokenizer (default: the packaged GPT-2 one)")
+    out.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "int8", "int4"),
+        default="fp32",
+        help="fp32 (default, exact), fp16 (for CUDA), int8 (dynamic MatMul quantization, for CPU), "
+        "int4 (weight-only MatMulNBits, for CPU)",
+    )
+    out.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default 18)")
+    out.add_argument("--no-verify", dest="verify", action="store_false", help="skip checking against PyTorch")
+    out.add_argument("--force", action="store_true", help="replace an existing bundle")
     return parser
 
 
-def _command(commands, name: str, run: Callable, help: str, description: str | None = None):
-    p = commands.add_parser(name, help=help, description=description or help)
+EXPORT_EPILOG = """
+Offline: every checkpoint holds GPT-2's weights and the GPT-2 tokenizer ships with this
+package, so only CLIP may need a download; a local file avoids it:
+  clipcap export coco_weights.pt -o coco-bundle \\
+      --clip ViT-B-32-quickgelu --clip-weights vit-b-32.pt
+
+The originals: coco_weights.pt / conceptual_weights.pt use CLIP ViT-B/32 (openai); the
+Transformer checkpoint transformer_weights.pt uses RN50x4 (openai) with --normalize-prefix;
+the seed uses hf:openai/clip-vit-base-patch32.
+"""
+
+
+def _command(commands, name: str, run: Callable, help: str, description: str | None = None, epilog=None):
+    p = commands.add_parser(
+        name,
+        help=help,
+        description=textwrap.fill(description or help, 88),
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(run=run)
     return p
 
 
 def _add_checkpoint_settings(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("what the weights cannot tell (pickled formats)")
+    g = p.add_argument_group("the checkpoint, and what its weights cannot tell")
+    g.add_argument(
+        "--format",
+        choices=("auto", "seed", "original", "clipcap"),
+        default="auto",
+        help="expected checkpoint format (default: detect it from the weights; a mismatch is an error)",
+    )
     g.add_argument(
         "--normalize-prefix",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="L2-normalise the CLIP embedding before the mapper (default: off, the original training "
-        "default; the released transformer_weights.pt needs it on)",
+        "default; the released transformer_weights.pt (CLIP RN50x4) needs it on)",
     )
     g.add_argument(
-        "--clip",
-        choices=CLIP_PRESETS,
-        default=None,
-        help="the CLIP whose embeddings the checkpoint was trained on (default by width: "
-        "openai-vit-b-32 for D=512, hf-vit-b-32 for the seed, openai-rn50x4 for D=640)",
+        "--gpt2-config",
+        metavar="NAME_OR_JSON",
+        help="GPT-2's head count is not in the weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl, "
+        "distilgpt2, or a GPT-2 config.json (default: from the width, for the standard sizes)",
     )
-    g.add_argument("--gpt2-heads", type=int, metavar="N", help="GPT-2's heads, for non-standard widths only")
     g.add_argument("--mapper-heads", type=int, metavar="N", help="transformer mapper heads (default 8)")
 
 
 def _load(args):
     from clipcap.checkpoints import load_checkpoint
-    from clipcap.config import HF_VIT_B_32, OPENAI_RN50X4, OPENAI_VIT_B_32
 
-    clip = {"openai-vit-b-32": OPENAI_VIT_B_32, "openai-rn50x4": OPENAI_RN50X4, "hf-vit-b-32": HF_VIT_B_32}
-    return load_checkpoint(
+    model = load_checkpoint(
         args.checkpoint,
         normalize_prefix=args.normalize_prefix,
-        clip=clip.get(args.clip),
-        n_head=args.gpt2_heads,
+        n_head=_gpt2_heads(args.gpt2_config),
         mapper_heads=args.mapper_heads,
     )
+    found = model.config.source_format
+    family = {"clipcap-onnx": "clipcap"}.get(found, found.split("-")[0])
+    if args.format not in ("auto", family):
+        raise ConfigError(f"{args.checkpoint}: --format {args.format} given, but the weights are {found}")
+    return model
+
+
+GPT2_HEADS = {"gpt2": 12, "distilgpt2": 12, "gpt2-medium": 16, "gpt2-large": 20, "gpt2-xl": 25}
+
+
+def _gpt2_heads(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if value in GPT2_HEADS:
+        return GPT2_HEADS[value]
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(
+            f"--gpt2-config {value!r}: neither a GPT-2 name ({', '.join(GPT2_HEADS)}) nor a config.json file"
+        )
+    try:
+        config = json.loads(path.read_text())
+        return int(config.get("n_head", config.get("num_attention_heads")))
+    except (OSError, ValueError, TypeError, AttributeError):
+        raise ConfigError(f"{path}: not a GPT-2 config.json with n_head") from None
 
 
 def cmd_info(args) -> int:
@@ -140,6 +229,67 @@ def cmd_convert(args) -> int:
     out = save_checkpoint(model, args.out)
     print(f"wrote {out}/model.safetensors and config.json ({model.config.source_format} -> clipcap-onnx)")
     return 0
+
+
+def cmd_export(args) -> int:
+    _require_torch()
+    from clipcap.export.bundle import export_bundle
+
+    model = _load(args)
+    encoder = _encoder(args, model.config)
+    manifest = export_bundle(
+        model,
+        encoder,
+        args.out,
+        precision=args.precision,
+        opset=args.opset,
+        verify=args.verify,
+        force=args.force,
+        tokenizer=args.tokenizer,
+    )
+    total = sum(f["bytes"] for f in manifest["files"].values())
+    state = "verified" if manifest["verification"]["passed"] else "NOT verified (--no-verify)"
+    print(f"{args.out}: {manifest['precision']} bundle, {total / 2**20:.1f} MiB, {state}")
+    return 0
+
+
+def _encoder(args, config):
+    """The CLIP image encoder the flags (or, by default, the checkpoint's config) name."""
+    from clipcap.clip import hf_clip_encoder, load_image_encoder, open_clip_encoder
+
+    what = args.clip or (config.clip and f"{config.clip.model} ({config.clip.pretrained})")
+    try:
+        if args.clip is None:
+            if config.clip is None:
+                raise ConfigError(
+                    f"the CLIP this checkpoint was trained on is unknown (its mapper takes "
+                    f"{config.mapper.clip_dim}-d embeddings): pass --clip MODEL[:TAG] or --clip hf:ID_OR_DIR"
+                )
+            spec = config.clip
+            if args.clip_weights:
+                if spec.backend != "open_clip":
+                    raise ConfigError("--clip-weights is for open_clip models; name one with --clip MODEL")
+                spec = spec.__class__(**{**spec.__dict__, "pretrained": args.clip_weights})
+            return load_image_encoder(spec, model_config=args.clip_config)
+        if args.clip.startswith("hf:"):
+            return hf_clip_encoder(args.clip[3:])
+        name, _, tag = args.clip.partition(":")
+        if tag and args.clip_weights:
+            raise ConfigError(
+                f"--clip {args.clip} names a pretrained tag and --clip-weights a file: give one"
+            )
+        if not tag and not args.clip_weights:
+            raise ConfigError(
+                f"--clip {name}: name its weights, a tag ({name}:openai) or --clip-weights FILE"
+            )
+        return open_clip_encoder(name, args.clip_weights or tag, model_config=args.clip_config)
+    except ClipCapError:
+        raise
+    except Exception as e:  # downloads fail offline with whatever the hub client raises
+        raise ConfigError(
+            f"could not load CLIP {what}: {type(e).__name__}: {e}. Offline? Pass local weights with "
+            "--clip MODEL --clip-weights FILE (open_clip) or --clip hf:LOCAL_DIR"
+        ) from None
 
 
 def _require_torch() -> None:

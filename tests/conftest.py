@@ -27,6 +27,83 @@ def make_original(kind: str, seed: int = 0, *, normalize_prefix: bool = False, *
     return spread_(model, seed=seed).eval()
 
 
+# A ViT-B-32 in miniature for open_clip: 32x32 images, 16x16 patches, 2 layers of width 64, 32-d
+# embeddings (TINY's clip_dim); open_clip also needs a text tower.
+TINY_CLIP_SIZE = 32
+TINY_CLIP_CONFIG = {
+    "embed_dim": TINY["clip_dim"],
+    "vision_cfg": {
+        "image_size": TINY_CLIP_SIZE,
+        "layers": 2,
+        "width": 64,
+        "head_width": 32,
+        "patch_size": 16,
+    },
+    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_files(tmp_path_factory):
+    """(open_clip model config JSON, safetensors weights) of a random tiny CLIP named "clipcap-tiny-clip"."""
+    import json
+
+    torch = pytest.importorskip("torch")
+    open_clip = pytest.importorskip("open_clip")
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    config = folder / "clipcap-tiny-clip.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    weights = folder / "tiny-clip.safetensors"
+    save_file(open_clip.create_model("clipcap-tiny-clip").state_dict(), str(weights))
+    return config, weights
+
+
+@pytest.fixture(scope="session")
+def tiny_encoder(tiny_clip_files):
+    from clipcap.clip import open_clip_encoder
+
+    config, weights = tiny_clip_files
+    return open_clip_encoder("clipcap-tiny-clip", str(weights), model_config=config)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_clip_dir(tmp_path_factory):
+    """A tiny random Hugging Face CLIPModel directory (32-d embeddings) with its image processor."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    folder = tmp_path_factory.mktemp("hf_clip")
+    config = transformers.CLIPConfig(
+        text_config=dict(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            max_position_embeddings=16,
+        ),
+        vision_config=dict(
+            image_size=TINY_CLIP_SIZE,
+            patch_size=16,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+        ),
+        projection_dim=TINY["clip_dim"],
+    )
+    torch.manual_seed(0)
+    transformers.CLIPModel(config).save_pretrained(folder)
+    transformers.CLIPImageProcessor(
+        size={"shortest_edge": TINY_CLIP_SIZE}, crop_size={"height": TINY_CLIP_SIZE, "width": TINY_CLIP_SIZE}
+    ).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(params=FORMATS)
 def original(request):
     """(format name, original-format model) for every pickled format."""

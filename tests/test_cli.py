@@ -52,8 +52,15 @@ def pickle_checkpoint(tmp_path):
     return path
 
 
-def test_info_and_convert(pickle_checkpoint, tmp_path, capsys):
-    assert main(["info", str(pickle_checkpoint), "--gpt2-heads", "4"]) == 0
+@pytest.fixture
+def heads_json(tmp_path):
+    path = tmp_path / "gpt2-config.json"
+    path.write_text('{"n_head": 4, "n_embd": 64}')
+    return str(path)
+
+
+def test_info_and_convert(pickle_checkpoint, heads_json, tmp_path, capsys):
+    assert main(["info", str(pickle_checkpoint), "--gpt2-config", heads_json]) == 0
     out = capsys.readouterr().out
     assert "original-transformer" in out and "prefix_length (P)  4" in out
     assert (
@@ -63,8 +70,8 @@ def test_info_and_convert(pickle_checkpoint, tmp_path, capsys):
                 str(pickle_checkpoint),
                 "--out",
                 str(tmp_path / "own"),
-                "--gpt2-heads",
-                "4",
+                "--gpt2-config",
+                heads_json,
                 "--normalize-prefix",
             ]
         )
@@ -84,3 +91,21 @@ def test_bad_checkpoint_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"clipcap info: error: {bad}:")
     assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--format", "seed"], "--format seed given, but the weights are original-transformer"),
+        (["--gpt2-config", "gpt3"], "neither a GPT-2 name"),
+    ],
+)
+def test_checkpoint_flag_errors(pickle_checkpoint, heads_json, flags, message, capsys):
+    assert main(["info", str(pickle_checkpoint), "--gpt2-config", heads_json, *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_named_gpt2_sizes(pickle_checkpoint, capsys):
+    # A named size gives 12 heads, which a 64-wide model cannot split: the error says so.
+    assert main(["info", str(pickle_checkpoint), "--gpt2-config", "gpt2"]) == 2
+    assert "not divisible by n_head=12" in capsys.readouterr().err

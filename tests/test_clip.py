@@ -21,18 +21,13 @@ from clipcap.clip import (  # noqa: E402 - after the importorskip
 )
 from clipcap.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipSpec  # noqa: E402
 from clipcap.errors import CheckpointError, ConfigError  # noqa: E402
+from tests.conftest import TINY_CLIP_CONFIG, TINY_CLIP_SIZE  # noqa: E402
 
 TINY = "clipcap-test-tiny-vit"  # registered with open_clip under this name, process-wide
-TINY_SIZE = 32
-TINY_DIM = 32
+TINY_SIZE = TINY_CLIP_SIZE
+TINY_DIM = TINY_CLIP_CONFIG["embed_dim"]
 
-# A ViT-B-32 in miniature: 32x32 images, 16x16 patches, 2 layers of width 64; open_clip also needs a
-# text tower.
-TINY_CONFIG = {
-    "embed_dim": TINY_DIM,
-    "vision_cfg": {"image_size": TINY_SIZE, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 32, "heads": 2, "layers": 1},
-}
+TINY_CONFIG = TINY_CLIP_CONFIG  # the shared tiny architecture (tests/conftest.py)
 
 
 def _pixels(batch: int, seed: int = 0) -> torch.Tensor:

@@ -8,7 +8,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("module", ["clipcap", "clipcap.runtime", "clipcap.cli", "clipcap.tokenizer"])
+@pytest.mark.parametrize(
+    "module", ["clipcap", "clipcap.runtime", "clipcap.cli", "clipcap.tokenizer", "clipcap.export"]
+)
 def test_light_modules_leave_torch_out(module):
     heavy = "{'torch', 'transformers', 'open_clip'}"
     code = f"import sys, {module}; print({heavy} & set(sys.modules))"

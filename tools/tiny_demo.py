@@ -1,14 +1,16 @@
-"""`make demo` until the training demo lands: a ClipCap checkpoint's trip through the loader.
+"""`make demo` until the training demo lands: a ClipCap checkpoint's trip to an ONNX bundle.
 
-Builds a tiny random ClipCap in the original repository's pickle format (legacy buffers and all),
-shows what `clipcap info` reads off it, converts it to this project's safetensors format, and
-generates a caption for a random CLIP embedding with the PyTorch reference decoder. The weights
-are random, so the caption is too: the point is the path, not the words.
+Builds a tiny random ClipCap in the original repository's pickle format (legacy buffers and all)
+and a tiny random CLIP, shows what `clipcap info` reads off the checkpoint, converts it to this
+project's safetensors format, generates captions with the PyTorch reference decoder, and exports
+verified ONNX bundles (fp32 and int8) with `clipcap export`, offline. The weights are random, so
+the captions are too: the point is the path, not the words.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -24,6 +26,12 @@ from clipcap.generate import generate  # noqa: E402
 from clipcap.model import ClipCapModel  # noqa: E402
 from clipcap.options import DecodingOptions  # noqa: E402
 from clipcap.tokenizer import load_tokenizer  # noqa: E402
+
+TINY_VIT = {  # open_clip's ViT-B-32 layout in miniature: 64x64 images, 4 layers of width 128
+    "embed_dim": 512,
+    "vision_cfg": {"image_size": 64, "layers": 4, "width": 128, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 256, "width": 64, "heads": 2, "layers": 1},
+}
 
 
 def main() -> int:
@@ -46,6 +54,42 @@ def main() -> int:
     clipcap(["info", str(pickle_path)])
     print(f"\n$ clipcap convert {pickle_path} --out {out / 'tiny-converted'}")
     clipcap(["convert", str(pickle_path), "--out", str(out / "tiny-converted")])
+
+    # A small CLIP-architecture image encoder (open_clip, random weights) saved as a local file,
+    # so the export runs offline like a user's with --clip-weights.
+    import open_clip
+    from safetensors.torch import save_file
+
+    clip_config = out / "tiny-vit.json"
+    clip_config.write_text(json.dumps(TINY_VIT))
+    open_clip.add_model_config(clip_config)
+    save_file(open_clip.create_model("tiny-vit").state_dict(), str(out / "tiny-vit.safetensors"))
+    clip = [
+        "--clip",
+        "tiny-vit",
+        "--clip-weights",
+        str(out / "tiny-vit.safetensors"),
+        "--clip-config",
+        str(clip_config),
+    ]
+    for precision in ("fp32", "int8"):
+        bundle = out / f"bundle-{precision}"
+        print(
+            f"\n$ clipcap export {out / 'tiny-converted'} -o {bundle} --precision {precision} "
+            "--clip tiny-vit --clip-weights ..."
+        )
+        clipcap(
+            [
+                "export",
+                str(out / "tiny-converted"),
+                "-o",
+                str(bundle),
+                "--precision",
+                precision,
+                "--force",
+                *clip,
+            ]
+        )
 
     model = load_checkpoint(out / "tiny-converted")
     tokenizer = load_tokenizer()
