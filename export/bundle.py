@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from clipcap.export.graphs import GraphSpec, decoder_spec, image_encoder_spec, mapper_spec
 from clipcap.export.onnx_export import DEFAULT_OPSET, ExportError, export_graph
-from clipcap.export.precision import convert, io_dtype
+from clipcap.export.precision import convert, io_dtype, optimize
 from clipcap.export.verify import check_graph, check_greedy, format_table, session
 
 from clipcap import __version__
@@ -79,12 +79,14 @@ def export_bundle(
         specs = [image_encoder_spec(encoder), mapper_spec(model), decoder_spec(model)]
         scratch = work / "fp32"
         scratch.mkdir()
+        optimization: dict[str, str] = {}
         for n, spec in enumerate(specs, 1):
             say(f"[{n}/{len(specs) + 2}] tracing {spec.name} to ONNX (opset {opset})")
             export_graph(spec, scratch / spec.file, opset)
             if precision != "fp32":
                 say(f"      converting {spec.name} to {precision}")
             convert(scratch / spec.file, work / spec.file, precision, spec)
+            optimization[spec.name] = optimize(work / spec.file, precision)
         shutil.rmtree(scratch)
         tok.save(str(work / TOKENIZER_NAME), pretty=False)
 
@@ -94,9 +96,8 @@ def export_bundle(
             verification, table = _verify(model, encoder, specs, work, precision)
             say(table)
         # Through JSON and back, so the returned manifest equals what a reader of the file gets.
-        manifest = json.loads(
-            json.dumps(_manifest(model, encoder, specs, work, precision, opset, tok, verification))
-        )
+        manifest = _manifest(model, encoder, specs, work, precision, opset, tok, optimization, verification)
+        manifest = json.loads(json.dumps(manifest))
         write_manifest(work, manifest)
         if verify and not verification["passed"]:
             raise ExportError(
@@ -150,7 +151,9 @@ def _verify(model, encoder, specs: list[GraphSpec], work: Path, precision: str) 
     return result, format_table(checks, greedy)
 
 
-def _manifest(model, encoder, specs, work, precision, opset, tok, verification) -> dict[str, Any]:
+def _manifest(
+    model, encoder, specs, work, precision, opset, tok, optimization, verification
+) -> dict[str, Any]:
     config, g, m = model.config, model.config.gpt2, model.config.mapper
     special = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
     return {
@@ -187,6 +190,7 @@ def _manifest(model, encoder, specs, work, precision, opset, tok, verification) 
                 "file": spec.file,
                 "inputs": [dict(t.to_dict(), dtype=io_dtype(spec, t.name, precision)) for t in spec.inputs],
                 "outputs": [dict(t.to_dict(), dtype=io_dtype(spec, t.name, precision)) for t in spec.outputs],
+                "optimization": optimization[spec.name],
             }
             for spec in specs
         },

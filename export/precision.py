@@ -72,6 +72,34 @@ def _int4(src: Path, dst: Path) -> None:
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
+# ONNX Runtime's offline optimizer at the extended level (fusions such as FusedMatMul, constant
+# folding) on the CPU provider. Measured on GPT-2 small: the fused graph loads in about half the time
+# (0.8 s instead of 1.6 s) and decodes as fast as one fused at load, since a decode step is bound by
+# reading the weights. fp16 graphs are left for the CUDA provider to fuse at load: a graph fused for
+# the CPU may hold kernels the CUDA provider lacks. Graphs over 2 GB are left as they are too (one
+# protobuf file cannot hold them, and ONNX Runtime fuses at load anyway).
+OPTIMIZED_PRECISIONS = ("fp32", "int8", "int4")
+_PROTOBUF_LIMIT = 2**31 - 2**26
+
+
+def optimize(path: Path, precision: str) -> str:
+    """Fuse ``path`` in place for the CPU when it helps; returns what was done, for the manifest."""
+    import onnxruntime as ort
+
+    if precision not in OPTIMIZED_PRECISIONS:
+        return "none: fused by ONNX Runtime when loaded"
+    if path.stat().st_size > _PROTOBUF_LIMIT:
+        return "none: over 2 GB, fused by ONNX Runtime when loaded"
+    fused = path.with_suffix(".fused.onnx")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(fused)
+    options.log_severity_level = 3
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    fused.replace(path)
+    return "onnxruntime extended (CPU)"
+
+
 def io_dtype(spec: GraphSpec, name: str, precision: str) -> str:
     """The element type of a graph input or output in the given precision."""
     tensor = next(t for t in (*spec.inputs, *spec.outputs) if t.name == name)

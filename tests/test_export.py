@@ -90,6 +90,7 @@ def test_bundle_files_and_manifest(fp32_bundle):
     assert manifest["preprocessing"]["image_size"] == 32 and manifest["clip"]["embed_dim"] == 32
     assert manifest["precision"] == "fp32" and manifest["opset"] == 18
     assert manifest["versions"]["torch"] and manifest["versions"]["onnx"]
+    assert {g["optimization"] for g in manifest["graphs"].values()} == {"onnxruntime extended (CPU)"}
 
 
 def test_decoder_graph_io_and_one_embedding_table(fp32_bundle):
@@ -138,6 +139,8 @@ def test_every_precision(precision, tiny_encoder, tmp_path):
     assert 0 <= v["greedy"]["token_agreement"] <= 1
     kv = next(t for t in manifest["graphs"]["decoder"]["inputs"] if t["name"] == "past_key_values.0.key")
     assert kv["dtype"] == ("float16" if precision == "fp16" else "float32")
+    fused = manifest["graphs"]["decoder"]["optimization"]
+    assert fused.startswith("none") if precision == "fp16" else fused == "onnxruntime extended (CPU)"
     logits = next(t for t in manifest["graphs"]["decoder"]["outputs"] if t["name"] == "logits")
     assert logits["dtype"] == "float32"
 
