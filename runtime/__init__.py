@@ -1,9 +1,11 @@
 """clipcap.runtime: caption images from an exported bundle with ONNX Runtime alone.
 
-Needs onnxruntime, numpy, Pillow and tokenizers; never torch. The captioner itself arrives with
-the runtime issue; this package already holds the torch-free pieces it is built from.
+Needs onnxruntime, numpy, Pillow and tokenizers; never torch. So far it holds the torch-free
+pieces the captioner is built from: image loading, CLIP preprocessing and the tokenizer.
 """
 
+from clipcap.runtime.images import ImageError, load_image
+from clipcap.runtime.preprocess import preprocess
 from clipcap.tokenizer import load_tokenizer
 
-__all__ = ["load_tokenizer"]
+__all__ = ["ImageError", "load_image", "load_tokenizer", "preprocess"]
