@@ -5,7 +5,8 @@ pieces the captioner is built from: image loading, CLIP preprocessing and the to
 """
 
 from clipcap.runtime.images import ImageError, load_image
-from clipcap.runtime.preprocess import preprocess
 from clipcap.tokenizer import load_tokenizer
 
-__all__ = ["ImageError", "load_image", "load_tokenizer", "preprocess"]
+# clipcap.runtime.preprocess is a module; its function of the same name is not re-exported here,
+# where it would hide the module.
+__all__ = ["ImageError", "load_image", "load_tokenizer"]
