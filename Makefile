@@ -24,8 +24,9 @@ lint: $(VENV)/.installed
 test: lint
 	$(BIN)/python -m pytest
 
-# The plain install (`pip install .`, no extras) is the torch-free runtime: prove it stays so.
-test-runtime:
+# The plain install (`pip install .`, no extras) is the torch-free runtime: prove it stays so, and
+# that it captions a bundle exported by the dev venv (the demo's).
+test-runtime: $(VENV)/.installed
 	rm -rf .venv-runtime
 	$(PYTHON) -m venv .venv-runtime
 	.venv-runtime/bin/python -m pip install --quiet --upgrade pip
@@ -35,6 +36,9 @@ test-runtime:
 	cd /tmp && $(CURDIR)/.venv-runtime/bin/python -c "import clipcap.runtime, sys; assert 'torch' not in sys.modules"
 	cd /tmp && $(CURDIR)/.venv-runtime/bin/python -c "from clipcap.runtime import load_tokenizer; \
 	    assert load_tokenizer().encode('A dog.').ids == [32, 3290, 13]"
+	$(BIN)/python tools/tiny_demo.py --out build/demo > build-demo.log 2>&1 || (cat build-demo.log; exit 1)
+	cd /tmp && $(CURDIR)/.venv-runtime/bin/clipcap caption $(CURDIR)/build/demo/sample.png \
+	    --bundle $(CURDIR)/build/demo/bundle-fp32 --max-new-tokens 12 --json
 	.venv-runtime/bin/python -m pytest -q
 
 # The oldest transformers we support, for the model and export tests.
@@ -48,4 +52,4 @@ test-compat:
 ci: test test-runtime test-compat
 
 clean:
-	rm -rf .venv .venv-runtime .venv-compat demo-out build *.egg-info
+	rm -rf .venv .venv-runtime .venv-compat demo-out build build-demo.log *.egg-info

@@ -74,6 +74,47 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, metavar="DIR", help="directory to write (made if missing)")
     _add_checkpoint_settings(convert)
 
+    caption = _command(
+        commands,
+        "caption",
+        cmd_caption,
+        "caption images with an exported bundle (ONNX Runtime; no PyTorch needed)",
+        description=(
+            "Caption images (or CLIP embeddings) with a bundle from `clipcap export`. Decoding defaults "
+            "come from the bundle: each source's checkpoint generates as its source did. Every input "
+            "is answered in order; one that cannot be read gets an error line and the others are still "
+            "captioned; the exit status is 1 when any input failed."
+        ),
+    )
+    caption.add_argument("images", nargs="*", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
+    caption.add_argument("--bundle", required=True, metavar="DIR", help="the bundle directory")
+    caption.add_argument(
+        "--embeddings", metavar="FILE.npy", help="caption CLIP embeddings [N, D] instead of images"
+    )
+    d = caption.add_argument_group("decoding (default: the bundle's)")
+    d.add_argument("--strategy", choices=("greedy", "top-k", "top-p", "beam"))
+    d.add_argument("--top-k", type=int, metavar="K")
+    d.add_argument("--top-p", type=float, metavar="P")
+    d.add_argument("--temperature", type=float, metavar="T")
+    d.add_argument("--beam-size", type=int, metavar="N")
+    d.add_argument("--length-penalty", type=float, metavar="A", help="beam ranking: sum(log p) / length ** A")
+    d.add_argument("--max-new-tokens", type=int, metavar="N")
+    d.add_argument("--min-new-tokens", type=int, metavar="N")
+    d.add_argument("--seed", type=int, metavar="S", help="makes top-k / top-p sampling reproducible")
+    d.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="STRING",
+        help="also stop at any token whose text contains STRING (repeatable)",
+    )
+    r = caption.add_argument_group("running")
+    r.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    r.add_argument("--fallback-cpu", action="store_true", help="run on the CPU when CUDA is unavailable")
+    r.add_argument("--threads", type=int, metavar="N", help="ONNX Runtime threads (default: all cores)")
+    r.add_argument("--batch-size", type=int, default=16, metavar="N", help="images per batch (default 16)")
+    r.add_argument("--json", action="store_true", help="one JSON object per input, per line")
+
     export = _command(
         commands,
         "export",
@@ -229,6 +270,61 @@ def cmd_convert(args) -> int:
     out = save_checkpoint(model, args.out)
     print(f"wrote {out}/model.safetensors and config.json ({model.config.source_format} -> clipcap-onnx)")
     return 0
+
+
+def cmd_caption(args) -> int:
+    import numpy as np
+
+    from clipcap.runtime import Captioner, ImageError
+
+    if bool(args.images) == bool(args.embeddings):
+        raise ConfigError("give IMAGE paths or --embeddings FILE.npy (one of the two)")
+    overrides = {
+        name: value
+        for name, value in {
+            "strategy": args.strategy and args.strategy.replace("-", "_"),
+            "top_k": args.top_k,
+            "top_p": args.top_p,
+            "temperature": args.temperature,
+            "beam_size": args.beam_size,
+            "length_penalty": args.length_penalty,
+            "max_new_tokens": args.max_new_tokens,
+            "min_new_tokens": args.min_new_tokens,
+            "seed": args.seed,
+        }.items()
+        if value is not None
+    }
+    captioner = Captioner(
+        args.bundle, provider=args.provider, fallback_to_cpu=args.fallback_cpu, threads=args.threads
+    )
+    options = captioner.options(stop_strings=args.stop, **overrides)  # bad options fail here, before any work
+    if args.embeddings:
+        try:
+            embeddings = np.load(args.embeddings, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{args.embeddings}: not a readable .npy array ({e})") from None
+        names = [f"{args.embeddings}[{i}]" for i in range(len(embeddings))]
+        results = captioner.caption_embeddings(embeddings, options, batch_size=args.batch_size)
+    else:
+        names = args.images
+        results = captioner.caption(list(args.images), options, batch_size=args.batch_size, errors="return")
+    failed = 0
+    for name, result in zip(names, results, strict=True):
+        if isinstance(result, ImageError):
+            failed += 1
+            if args.json:
+                print(json.dumps({"input": name, "error": str(result)}), flush=True)
+            else:
+                print(f"clipcap caption: error: {result}", file=sys.stderr, flush=True)
+        elif args.json:
+            print(
+                json.dumps(
+                    {"input": name, "caption": result.text, "tokens": result.tokens, "score": result.score}
+                )
+            )
+        else:
+            print(f"{name}\t{result.text}")
+    return 1 if failed else 0
 
 
 def cmd_export(args) -> int:

@@ -123,3 +123,21 @@ def tiny_model():
     model = ClipCapModel(infer_config(sd, "original-mlp", n_head=TINY["n_head"]))
     model.load_state_dict(sd, strict=False)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_encoder, tmp_path_factory):
+    """(bundle dir, the ClipCapModel it came from, its encoder): a verified fp32 tiny export."""
+    pytest.importorskip("onnx")
+    from clipcap.export.bundle import export_bundle
+
+    from clipcap.checkpoints import canonical_state_dict, infer_config
+    from clipcap.model import ClipCapModel
+
+    original = make_original("original-mlp")
+    sd = canonical_state_dict(original.state_dict(), "original-mlp")
+    model = ClipCapModel(infer_config(sd, "original-mlp", n_head=TINY["n_head"]))
+    model.load_state_dict(sd, strict=False)
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    export_bundle(model.eval(), tiny_encoder, out, progress=lambda _: None)
+    return out, model, tiny_encoder

@@ -311,3 +311,17 @@ def test_full_size_export(kind, clip, tmp_path):
     assert manifest["verification"]["passed"] is True
     assert manifest["model"]["embed_dim"] == 768 and manifest["model"]["n_layer"] == 12
     assert seconds < 180, f"export took {seconds:.0f} s"
+
+    # The runtime captions the full-size bundle exactly as PyTorch does, greedy and beam, batch 1 and 4.
+    from clipcap.runtime import Captioner
+
+    from clipcap.generate import generate
+
+    captioner = Captioner(tmp_path / "bundle")
+    embeds = torch.randn(4, encoder.embed_dim, generator=torch.Generator().manual_seed(1))
+    for strategy, batch in (("greedy", 4), ("beam", 1), ("beam", 4)):
+        options = captioner.options(strategy=strategy, beam_size=3, max_new_tokens=8)
+        got = captioner.caption_embeddings(embeds[:batch].numpy(), options)
+        assert [c.tokens for c in got] == [g.tokens for g in generate(model, embeds[:batch], options)], (
+            strategy
+        )

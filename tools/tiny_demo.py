@@ -2,9 +2,10 @@
 
 Builds a tiny random ClipCap in the original repository's pickle format (legacy buffers and all)
 and a tiny random CLIP, shows what `clipcap info` reads off the checkpoint, converts it to this
-project's safetensors format, generates captions with the PyTorch reference decoder, and exports
-verified ONNX bundles (fp32 and int8) with `clipcap export`, offline. The weights are random, so
-the captions are too: the point is the path, not the words.
+project's safetensors format, exports verified ONNX bundles (fp32 and int8) with `clipcap export`,
+offline, and captions a picture with the torch-free runtime (`clipcap caption`) next to the
+PyTorch reference. The weights are random, so the captions are too: the point is the path, not
+the words.
 """
 
 from __future__ import annotations
@@ -19,12 +20,17 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+import numpy as np  # noqa: E402
+from clipcap.runtime.images import load_image  # noqa: E402
+from clipcap.runtime.preprocess import preprocess  # noqa: E402
+from PIL import Image  # noqa: E402
+
 from clipcap.checkpoints import load_checkpoint  # noqa: E402
 from clipcap.cli import main as clipcap  # noqa: E402
+from clipcap.clip import open_clip_encoder  # noqa: E402
 from clipcap.config import ClipCapConfig, GPT2Config, MapperConfig  # noqa: E402
 from clipcap.generate import generate  # noqa: E402
 from clipcap.model import ClipCapModel  # noqa: E402
-from clipcap.options import DecodingOptions  # noqa: E402
 from clipcap.tokenizer import load_tokenizer  # noqa: E402
 
 TINY_VIT = {  # open_clip's ViT-B-32 layout in miniature: 64x64 images, 4 layers of width 128
@@ -91,13 +97,35 @@ def main() -> int:
             ]
         )
 
+    # A picture to caption, then the torch-free runtime on both bundles, and the PyTorch reference.
+    sample = out / "sample.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((96, 128, 3)) * 255).astype(np.uint8)).save(sample)
+    for precision in ("fp32", "int8"):
+        print(
+            f"\n$ clipcap caption {sample} --bundle {out / f'bundle-{precision}'} --max-new-tokens 12 --json"
+        )
+        clipcap(
+            [
+                "caption",
+                str(sample),
+                "--bundle",
+                str(out / f"bundle-{precision}"),
+                "--max-new-tokens",
+                "12",
+                "--json",
+            ]
+        )
+
     model = load_checkpoint(out / "tiny-converted")
-    tokenizer = load_tokenizer()
-    embedding = torch.randn(1, 512)
-    for strategy in ("greedy", "beam"):
-        options = DecodingOptions(strategy=strategy, max_new_tokens=12, stop_token_ids=(13,))
-        tokens = generate(model, embedding, options)[0].tokens
-        print(f"\n{strategy:>6} caption of a random embedding (random weights): {tokenizer.decode(tokens)!r}")
+    encoder = open_clip_encoder("tiny-vit", str(out / "tiny-vit.safetensors"))
+    pixels = torch.from_numpy(preprocess([load_image(sample)], encoder.spec.preprocessing))
+    with torch.no_grad():
+        tokens = generate(model, encoder(pixels), model.config.generation.replace(max_new_tokens=12))[
+            0
+        ].tokens
+    print(f"\nPyTorch reference, same picture: {tokens} {load_tokenizer().decode(tokens)!r}")
+    print("(random weights, so random words; the fp32 bundle's tokens equal the reference's)")
     return 0
 
 
