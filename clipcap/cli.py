@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export a checkpoint to a verified ONNX bundle for clipcap.runtime",
         description=(
             "Trace the CLIP image encoder, the mapper and GPT-2 (with its KV cache) to ONNX, check every "
-            "graph and greedy captions against PyTorch, and write the bundle directory: three graphs, "
+            "graph and greedy captions against PyTorch, and write the bundle directory: the graphs, "
             "tokenizer.json and the clipcap.json manifest. Nothing is written unless it all passes."
         ),
         epilog=EXPORT_EPILOG,

@@ -1,6 +1,6 @@
 """The export flow: trace, convert, verify, write the bundle, all or nothing.
 
-One template for the three graphs (CTranslate2's habit): each is declared in export/graphs.py,
+One template for every graph (CTranslate2's habit): each is declared in export/graphs.py,
 traced by export/onnx_export.py, converted to the asked precision by export/precision.py and
 checked by export/verify.py. The bundle is built in a temporary directory beside the target and
 renamed into place only when everything passed.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from clipcap.export.graphs import GraphSpec, decoder_spec, image_encoder_spec, mapper_spec
+from clipcap.export.graphs import GraphSpec, cache_reorder_spec, decoder_spec, image_encoder_spec, mapper_spec
 from clipcap.export.onnx_export import DEFAULT_OPSET, ExportError, export_graph
 from clipcap.export.precision import convert, io_dtype, optimize
 from clipcap.export.verify import check_graph, check_greedy, format_table, session
@@ -76,7 +76,12 @@ def export_bundle(
         ) from None
 
     try:
-        specs = [image_encoder_spec(encoder), mapper_spec(model), decoder_spec(model)]
+        specs = [
+            image_encoder_spec(encoder),
+            mapper_spec(model),
+            decoder_spec(model),
+            cache_reorder_spec(model),
+        ]
         scratch = work / "fp32"
         scratch.mkdir()
         optimization: dict[str, str] = {}

@@ -1,4 +1,4 @@
-"""The bundle's three graphs, declared as data (optimum's habit): the module to trace, its inputs
+"""The bundle's graphs, declared as data (optimum's habit): the module to trace, its inputs
 and outputs with named dynamic axes, inputs to trace with, verification cases and tolerances.
 
 Trace sizes are all >= 2 so no dynamic axis is specialised to 0 or 1; verification then runs
@@ -101,6 +101,17 @@ class DecoderGraph(nn.Module):
         return (logits, *[t for kv in presents for t in kv])
 
 
+class CacheReorderGraph(nn.Module):
+    """Pick KV-cache rows by index: beams moving, finished captions leaving the batch.
+
+    A graph of its own so a runtime with I/O binding reorders the cache where it lives (the GPU)
+    instead of copying it through the host.
+    """
+
+    def forward(self, beam_idx: torch.Tensor, past: list[torch.Tensor]):
+        return tuple(t.index_select(0, beam_idx) for t in past)
+
+
 def image_encoder_spec(encoder: ImageEncoder) -> GraphSpec:
     size = encoder.spec.preprocessing.image_size
     return GraphSpec(
@@ -171,4 +182,34 @@ def decoder_spec(model: ClipCapModel) -> GraphSpec:
             {"batch": 3, "prefix_len": 1, "seq": 3, "past": 1},
         ),
         keep_fp32=("prefix_embeds", "input_ids", "attention_mask", "logits"),
+    )
+
+
+def cache_reorder_spec(model: ClipCapModel) -> GraphSpec:
+    g2 = model.config.gpt2
+    H, Dh = g2.n_head, g2.head_dim
+    kv = [(i, k) for i in range(g2.n_layer) for k in ("key", "value")]
+
+    def make_inputs(s: dict[str, int], g: torch.Generator) -> Inputs:
+        return (
+            torch.randint(0, s["batch"], (s["rows"],), generator=g),
+            [torch.randn(s["batch"], H, s["past"], Dh, generator=g) for _ in kv],
+        )
+
+    return GraphSpec(
+        name="cache_reorder",
+        module=CacheReorderGraph(),
+        inputs=(
+            TensorSpec("beam_idx", "int64", ("rows",)),
+            *(TensorSpec(f"past_key_values.{i}.{k}", "float32", ("batch", H, "past", Dh)) for i, k in kv),
+        ),
+        outputs=tuple(TensorSpec(f"reordered.{i}.{k}", "float32", ("rows", H, "past", Dh)) for i, k in kv),
+        make_inputs=make_inputs,
+        trace_sizes={"batch": 3, "rows": 4, "past": 5},
+        cases=(
+            {"batch": 2, "rows": 6, "past": 3},
+            {"batch": 4, "rows": 1, "past": 9},
+            {"batch": 1, "rows": 1, "past": 1},
+        ),
+        keep_fp32=("beam_idx",),
     )

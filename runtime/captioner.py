@@ -66,7 +66,7 @@ class Captioner:
         self.providers = resolve_providers(provider, fallback=fallback_to_cpu)
         self.sessions = {
             name: make_session(self.bundle.graph_file(name), self.providers, threads)
-            for name in ("image_encoder", "mapper", "decoder")
+            for name in self.bundle.manifest["graphs"]
         }
         self.tokenizer = load_tokenizer(self.bundle.path / "tokenizer.json")
         self.preprocessing = self.bundle.preprocessing
@@ -180,7 +180,9 @@ class Captioner:
     def _caption_embeds(self, embeds: np.ndarray, options: DecodingOptions) -> list[Caption]:
         prefix = self.sessions["mapper"].run(None, {"image_embeds": embeds})[0]
         if self.io_binding:
-            inference = IOBindingInference(self.sessions["decoder"], self.shape, self.device)
+            inference = IOBindingInference(
+                self.sessions["decoder"], self.shape, self.device, reorder=self.sessions.get("cache_reorder")
+            )
         else:
             inference = NumpyInference(self.sessions["decoder"], self.shape)
         return [

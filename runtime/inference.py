@@ -72,14 +72,21 @@ class IOBindingInference:
     step's ``present.*`` OrtValues as its ``past_key_values.*`` and only the logits come back to
     the host. Runs on the CPU provider too, so tests exercise it without a GPU.
 
-    Dropping or reordering rows (a caption finished, beams moved) copies the cache through the
-    host once; the steps in between copy nothing.
+    Dropping or reordering rows (a caption finished, beams moved) runs the bundle's
+    ``cache_reorder`` graph on the same device; without one (bundles made before it existed) the
+    cache goes through the host for that.
     """
 
     def __init__(
-        self, session: ort.InferenceSession, shape: DecoderShape, device: str = "cpu", device_id: int = 0
+        self,
+        session: ort.InferenceSession,
+        shape: DecoderShape,
+        device: str = "cpu",
+        device_id: int = 0,
+        reorder: ort.InferenceSession | None = None,
     ):
         self.session = session
+        self.reorder = reorder
         self.shape = shape
         self.device, self.device_id = device, device_id
         self.past: list[ort.OrtValue] = []
@@ -107,7 +114,16 @@ class IOBindingInference:
         return self._run(inputs, self.length + 1)
 
     def select(self, rows: np.ndarray) -> None:
-        self.past = [self._on_device(v.numpy()[rows]) for v in self.past]
+        if self.reorder is None:
+            self.past = [self._on_device(v.numpy()[rows]) for v in self.past]
+            return
+        binding = self.reorder.io_binding()
+        binding.bind_ortvalue_input("beam_idx", self._on_device(np.asarray(rows, dtype=np.int64)))
+        for name, value in zip(self.shape.past_names, self.past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+            binding.bind_output(name.replace("past_key_values.", "reordered."), self.device, self.device_id)
+        self.reorder.run_with_iobinding(binding)
+        self.past = binding.get_outputs()
 
     def _on_device(self, array: np.ndarray) -> ort.OrtValue:
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, self.device_id)

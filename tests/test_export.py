@@ -48,7 +48,7 @@ def test_every_format_exports_verified(kind, tiny_encoder, tmp_path):
     v = manifest["verification"]
     assert v["passed"] is True
     assert v["greedy"]["exact_sequences"] == v["greedy"]["sequences"] == 5
-    assert {c["graph"] for c in v["graphs"]} == {"image_encoder", "mapper", "decoder"}
+    assert {c["graph"] for c in v["graphs"]} == {"image_encoder", "mapper", "decoder", "cache_reorder"}
     assert manifest["source_format"] == kind and manifest["model"]["normalize_prefix"] == (
         kind == "original-transformer"
     )
@@ -66,6 +66,7 @@ def test_hugging_face_clip_exports(tiny_hf_clip_dir, tmp_path):
 def test_bundle_files_and_manifest(fp32_bundle):
     out, manifest = fp32_bundle
     assert sorted(p.name for p in out.iterdir()) == [
+        "cache_reorder.onnx",
         "clipcap.json",
         "decoder.onnx",
         "image_encoder.onnx",

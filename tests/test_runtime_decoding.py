@@ -20,16 +20,23 @@ def setup(tiny_bundle):
     out, model, _ = tiny_bundle
     mapper = ort.InferenceSession(str(out / "mapper.onnx"), providers=["CPUExecutionProvider"])
     decoder = ort.InferenceSession(str(out / "decoder.onnx"), providers=["CPUExecutionProvider"])
+    reorder = ort.InferenceSession(str(out / "cache_reorder.onnx"), providers=["CPUExecutionProvider"])
     shape = DecoderShape(2, 4, 16, 64, np.float32)
     embeds = torch.randn(4, 32, generator=torch.Generator().manual_seed(3)) * 0.5
     prefix = mapper.run(None, {"image_embeds": embeds.numpy()})[0]
     free = [g.tokens for g in generate(model, embeds, DecodingOptions(max_new_tokens=14, stop_token_ids=()))]
     # Stop tokens that end some captions early and not others: finished rows leave the batch.
     stops = (free[0][3], free[2][6])
-    return model, decoder, shape, embeds, prefix, stops
+    return model, decoder, shape, embeds, prefix, stops, reorder
 
 
-INFERENCES = {"numpy": NumpyInference, "io_binding": IOBindingInference}
+INFERENCES = {
+    "numpy": lambda decoder, shape, _: NumpyInference(decoder, shape),
+    "io_binding": lambda decoder, shape, _: IOBindingInference(decoder, shape),
+    "io_binding+reorder_graph": lambda decoder, shape, reorder: IOBindingInference(
+        decoder, shape, reorder=reorder
+    ),
+}
 
 
 @pytest.mark.parametrize("inference", sorted(INFERENCES))
@@ -46,16 +53,16 @@ INFERENCES = {"numpy": NumpyInference, "io_binding": IOBindingInference}
     ids=["greedy", "greedy-min5", "beam3", "beam4-lp0.5", "beam2-t1.5"],
 )
 def test_equals_pytorch_reference(setup, inference, batch, options):
-    model, decoder, shape, embeds, prefix, stops = setup
+    model, decoder, shape, embeds, prefix, stops, reorder = setup
     opts = DecodingOptions(**{"max_new_tokens": 14, "stop_token_ids": stops, **options})
     expected = generate(model, embeds[:batch], opts)
-    got = decode(INFERENCES[inference](decoder, shape), prefix[:batch], opts)
+    got = decode(INFERENCES[inference](decoder, shape, reorder), prefix[:batch], opts)
     assert [g.tokens for g in got] == [e.tokens for e in expected]
     assert [g.score for g in got] == pytest.approx([e.score for e in expected], abs=1e-3)
 
 
 def test_some_captions_stopped_early(setup):
-    model, _, _, embeds, _, stops = setup
+    model, _, _, embeds, _, stops, _ = setup
     lengths = [
         len(g.tokens)
         for g in generate(model, embeds, DecodingOptions(max_new_tokens=14, stop_token_ids=stops))
@@ -74,7 +81,7 @@ class CountingInference(NumpyInference):
 
 
 def test_finished_captions_stop_costing_compute(setup):
-    _, decoder, shape, _, prefix, stops = setup
+    _, decoder, shape, _, prefix, stops, _ = setup
     counting = CountingInference(decoder, shape)
     decode(counting, prefix, DecodingOptions(max_new_tokens=14, stop_token_ids=stops))
     assert counting.rows[0] == 4 and counting.rows[-1] < 4
@@ -83,7 +90,7 @@ def test_finished_captions_stop_costing_compute(setup):
 
 @pytest.mark.parametrize("strategy, extra", [("top_k", {"top_k": 20}), ("top_p", {"top_p": 0.9})])
 def test_sampling_reproducible_with_seed(setup, strategy, extra):
-    _, decoder, shape, _, prefix, _ = setup
+    _, decoder, shape, _, prefix, _, _ = setup
     options = DecodingOptions(
         strategy=strategy, seed=5, temperature=3.0, max_new_tokens=10, stop_token_ids=(), **extra
     )
