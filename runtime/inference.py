@@ -25,6 +25,25 @@ class DecoderShape:
     def past_names(self) -> list[str]:
         return [f"past_key_values.{i}.{k}" for i in range(self.n_layer) for k in ("key", "value")]
 
+    def empty_past(self, batch: int) -> np.ndarray:
+        return np.zeros((batch, self.n_head, 0, self.head_dim), dtype=self.kv_dtype)
+
+    def prefill_inputs(self, prefix_embeds: np.ndarray) -> dict[str, np.ndarray]:
+        B, P, _ = prefix_embeds.shape
+        return {
+            "prefix_embeds": prefix_embeds.astype(np.float32, copy=False),
+            "input_ids": np.zeros((B, 0), dtype=np.int64),
+            "attention_mask": np.ones((B, P), dtype=np.int64),
+        }
+
+    def step_inputs(self, tokens: np.ndarray, past_length: int) -> dict[str, np.ndarray]:
+        N = tokens.shape[0]
+        return {
+            "prefix_embeds": np.zeros((N, 0, self.embed_dim), dtype=np.float32),
+            "input_ids": tokens.astype(np.int64, copy=False)[:, None],
+            "attention_mask": np.ones((N, past_length + 1), dtype=np.int64),
+        }
+
 
 class NumpyInference:
     """One decoding run: prefill, then steps; not shared between threads (make one per call)."""
@@ -32,42 +51,30 @@ class NumpyInference:
     def __init__(self, session: ort.InferenceSession, shape: DecoderShape) -> None:
         self.session = session
         self.shape = shape
-        self.past: list[np.ndarray] = []
+        self.past: list = []  # one array per past_key_values input, as the last run returned it
         self.length = 0  # positions in the cache
 
     def prefill(self, prefix_embeds: np.ndarray) -> np.ndarray:
-        s = self.shape
-        B, P, _ = prefix_embeds.shape
-        empty = np.zeros((B, s.n_head, 0, s.head_dim), dtype=s.kv_dtype)
-        feeds = {
-            "prefix_embeds": prefix_embeds.astype(np.float32, copy=False),
-            "input_ids": np.zeros((B, 0), dtype=np.int64),
-            "attention_mask": np.ones((B, P), dtype=np.int64),
-            **dict.fromkeys(s.past_names, empty),
-        }
-        return self._run(feeds, P)
+        self.past = [self._empty(len(prefix_embeds))] * len(self.shape.past_names)
+        return self._run(self.shape.prefill_inputs(prefix_embeds), prefix_embeds.shape[1])
 
     def step(self, tokens: np.ndarray) -> np.ndarray:
-        s = self.shape
-        N = tokens.shape[0]
-        feeds = {
-            "prefix_embeds": np.zeros((N, 0, s.embed_dim), dtype=np.float32),
-            "input_ids": tokens.astype(np.int64, copy=False)[:, None],
-            "attention_mask": np.ones((N, self.length + 1), dtype=np.int64),
-            **dict(zip(s.past_names, self.past, strict=True)),
-        }
-        return self._run(feeds, self.length + 1)
+        return self._run(self.shape.step_inputs(tokens, self.length), self.length + 1)
 
     def select(self, rows: np.ndarray) -> None:
         self.past = [p[rows] for p in self.past]
 
-    def _run(self, feeds: dict[str, np.ndarray], length: int) -> np.ndarray:
+    def _empty(self, batch: int):
+        return self.shape.empty_past(batch)
+
+    def _run(self, inputs: dict[str, np.ndarray], length: int) -> np.ndarray:
+        feeds = {**inputs, **dict(zip(self.shape.past_names, self.past, strict=True))}
         logits, *self.past = self.session.run(None, feeds)
         self.length = length
         return logits
 
 
-class IOBindingInference:
+class IOBindingInference(NumpyInference):
     """The cache stays where the session computes (the GPU with CUDA): each step binds the previous
     step's ``present.*`` OrtValues as its ``past_key_values.*`` and only the logits come back to
     the host. Runs on the CPU provider too, so tests exercise it without a GPU.
@@ -85,33 +92,12 @@ class IOBindingInference:
         device_id: int = 0,
         reorder: ort.InferenceSession | None = None,
     ):
-        self.session = session
+        super().__init__(session, shape)
         self.reorder = reorder
-        self.shape = shape
         self.device, self.device_id = device, device_id
-        self.past: list[ort.OrtValue] = []
-        self.length = 0
 
-    def prefill(self, prefix_embeds: np.ndarray) -> np.ndarray:
-        s = self.shape
-        B, P, _ = prefix_embeds.shape
-        empty = self._on_device(np.zeros((B, s.n_head, 0, s.head_dim), dtype=s.kv_dtype))
-        self.past = [empty] * len(s.past_names)
-        inputs = {
-            "prefix_embeds": prefix_embeds.astype(np.float32, copy=False),
-            "input_ids": np.zeros((B, 0), dtype=np.int64),
-            "attention_mask": np.ones((B, P), dtype=np.int64),
-        }
-        return self._run(inputs, P)
-
-    def step(self, tokens: np.ndarray) -> np.ndarray:
-        N = tokens.shape[0]
-        inputs = {
-            "prefix_embeds": np.zeros((N, 0, self.shape.embed_dim), dtype=np.float32),
-            "input_ids": tokens.astype(np.int64, copy=False)[:, None],
-            "attention_mask": np.ones((N, self.length + 1), dtype=np.int64),
-        }
-        return self._run(inputs, self.length + 1)
+    def _empty(self, batch: int) -> ort.OrtValue:
+        return self._on_device(self.shape.empty_past(batch))
 
     def select(self, rows: np.ndarray) -> None:
         if self.reorder is None:
