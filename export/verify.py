@@ -34,6 +34,13 @@ class GraphCheck:
     limit: float
 
     @property
+    def ratio(self) -> float:
+        """How much of its limit the difference uses (0 for an exact match, also with a zero limit)."""
+        if self.max_abs_diff == 0:
+            return 0.0
+        return self.max_abs_diff / self.limit if self.limit > 0 else float("inf")
+
+    @property
     def passed(self) -> bool:
         return bool(self.max_abs_diff <= self.limit)  # NaN fails
 
@@ -74,7 +81,7 @@ def check_graph(spec: GraphSpec, path: Path, precision: str) -> list[GraphCheck]
             diff = float(np.max(np.abs(out.astype(np.float32) - ref))) if ref.size else 0.0
             limit = tolerance.limit(float(np.max(np.abs(ref))) if ref.size else 0.0)
             per_output.append(GraphCheck(spec.name, _case(case), name, diff, limit))
-        worst = max(per_output, key=lambda c: (not c.passed, c.max_abs_diff / c.limit if c.passed else 0.0))
+        worst = max(per_output, key=lambda c: (not c.passed, c.ratio))
         checks.append(worst)
     return checks
 
