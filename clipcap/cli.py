@@ -8,6 +8,7 @@ Errors the user can fix end as one line on stderr and exit status 2, never a tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -365,7 +366,7 @@ def _encoder(args, config):
             if args.clip_weights:
                 if spec.backend != "open_clip":
                     raise ConfigError("--clip-weights is for open_clip models; name one with --clip MODEL")
-                spec = spec.__class__(**{**spec.__dict__, "pretrained": args.clip_weights})
+                spec = dataclasses.replace(spec, pretrained=args.clip_weights)
             return load_image_encoder(spec, model_config=args.clip_config)
         if args.clip.startswith("hf:"):
             return hf_clip_encoder(args.clip[3:])

@@ -8,6 +8,7 @@ renamed into place only when everything passed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import json
 import shutil
@@ -161,6 +162,8 @@ def _manifest(
 ) -> dict[str, Any]:
     config, g, m = model.config, model.config.gpt2, model.config.mapper
     special = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
+    clip = dataclasses.asdict(encoder.spec)
+    preprocessing = clip.pop("preprocessing")
     return {
         "format": BUNDLE_FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -182,8 +185,8 @@ def _manifest(
             "mapper": m.kind,
             "normalize_prefix": config.normalize_prefix,
         },
-        "clip": {k: v for k, v in _spec_dict(encoder).items() if k != "preprocessing"},
-        "preprocessing": _spec_dict(encoder)["preprocessing"],
+        "clip": clip,
+        "preprocessing": preprocessing,
         "tokens": {
             "special_tokens": special,
             "eos_token_id": special.get("<|endoftext|>"),
@@ -210,12 +213,6 @@ def _manifest(
         },
         "verification": verification,
     }
-
-
-def _spec_dict(encoder: ImageEncoder) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(encoder.spec)
 
 
 def _version(distribution: str) -> str | None:
