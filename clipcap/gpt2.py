@@ -39,11 +39,13 @@ class Conv1D(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, dropout: float = 0.0) -> None:
         super().__init__()
         self.n_head = config.n_head
         self.c_attn = Conv1D(config.n_embd, 3 * config.n_embd)
         self.c_proj = Conv1D(config.n_embd, config.n_embd)
+        self.attn_dropout = dropout  # on the attention weights, inside scaled_dot_product_attention
+        self.resid_dropout = nn.Dropout(dropout)
 
     def forward(
         self,
@@ -59,28 +61,31 @@ class Attention(nn.Module):
         if past is not None:
             k = torch.cat((past[0], k), dim=2)  # [B, H, P+T, D]
             v = torch.cat((past[1], v), dim=2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)  # [B, H, T, D]
+        # dropout_p only while training: SDPA applies it whatever the module's mode.
+        p = self.attn_dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # [B, H, T, D]
         y = y.transpose(1, 2).reshape(B, T, E)
-        return self.c_proj(y), (k, v)
+        return self.resid_dropout(self.c_proj(y)), (k, v)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, dropout: float = 0.0) -> None:
         super().__init__()
         self.c_fc = Conv1D(config.n_embd, 4 * config.n_embd)
         self.c_proj = Conv1D(4 * config.n_embd, config.n_embd)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))  # GPT-2's "gelu_new"
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))  # GPT-2's "gelu_new"
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, dropout: float = 0.0) -> None:
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.attn = Attention(config)
+        self.attn = Attention(config, dropout)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config, dropout)
 
     def forward(self, x, bias, past):
         a, present = self.attn(self.ln_1(x), bias, past)
@@ -90,11 +95,12 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, dropout: float = 0.0) -> None:
         super().__init__()
         self.wte = nn.Embedding(config.vocab_size, config.n_embd)
         self.wpe = nn.Embedding(config.n_positions, config.n_embd)
-        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.drop = nn.Dropout(dropout)
+        self.h = nn.ModuleList(Block(config, dropout) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         nn.init.normal_(self.wte.weight, std=0.02)
         nn.init.normal_(self.wpe.weight, std=0.01)
@@ -104,12 +110,16 @@ class GPT2LMHead(nn.Module):
     """GPT-2 with its language-model head tied to the token embedding.
 
     Parameter names equal Hugging Face's ``GPT2LMHeadModel`` (``transformer.*``, ``lm_head.weight``).
+    ``dropout`` is for training (Hugging Face's embd/attn/resid_pdrop, one value for all three); it
+    acts only in training mode, so an eval-mode model, and every exported graph, is unchanged.
     """
 
-    def __init__(self, config: GPT2Config) -> None:
+    def __init__(self, config: GPT2Config, dropout: float = 0.0) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.config = config
-        self.transformer = Transformer(config)
+        self.transformer = Transformer(config, dropout)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied, one tensor
 
@@ -133,7 +143,7 @@ class GPT2LMHead(nn.Module):
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, P:]  # [B, T]
         bias = _attention_bias(attention_mask, T, inputs_embeds.dtype)
 
-        x = inputs_embeds + self.transformer.wpe(position_ids)
+        x = self.transformer.drop(inputs_embeds + self.transformer.wpe(position_ids))
         presents = []
         for i, block in enumerate(self.transformer.h):
             x, present = block(x, bias, None if past_key_values is None else past_key_values[i])

@@ -15,10 +15,12 @@ from clipcap.mapper import build_mapper
 
 
 class ClipCapModel(nn.Module):
-    def __init__(self, config: ClipCapConfig) -> None:
+    """``dropout``: GPT-2's, for training (see GPT2LMHead); no effect in eval mode."""
+
+    def __init__(self, config: ClipCapConfig, dropout: float = 0.0) -> None:
         super().__init__()
         self.config = config
-        self.gpt = GPT2LMHead(config.gpt2)
+        self.gpt = GPT2LMHead(config.gpt2, dropout)
         self.clip_project = build_mapper(config.mapper, config.gpt2.n_embd)
 
     @property
