@@ -85,7 +85,7 @@ def write_embeddings(
     skipped: dict[str, int] | None = None,
 ) -> Path:
     """Write an embedding set; the files appear complete or not at all (each is renamed into place)."""
-    save_file = _safetensors_numpy().save_file
+    save = _safetensors_numpy().save
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     embeds = np.ascontiguousarray(embeds, dtype=np.float32)
@@ -102,9 +102,7 @@ def write_embeddings(
     }
     # meta.json last: its presence marks a complete set.
     (directory / META_FILE).unlink(missing_ok=True)
-    tmp = directory / (EMBEDS_FILE + ".tmp")
-    save_file({TENSOR_NAME: embeds}, str(tmp))
-    os.replace(tmp, directory / EMBEDS_FILE)
+    _write_bytes(directory / EMBEDS_FILE, save({TENSOR_NAME: embeds}))
     _write_text(directory / CAPTIONS_FILE, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     _write_text(directory / META_FILE, json.dumps(meta, indent=2) + "\n")
     return directory
@@ -189,8 +187,12 @@ def _clip_spec(data: Any, path: Path) -> ClipSpec | None:
 
 
 def _write_text(path: Path, text: str) -> None:
+    _write_bytes(path, text.encode("utf-8"))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

@@ -9,7 +9,20 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["clipcap", "clipcap.runtime", "clipcap.cli", "clipcap.tokenizer", "clipcap.export"]
+    "module",
+    [
+        "clipcap",
+        "clipcap.runtime",
+        "clipcap.cli",
+        "clipcap.tokenizer",
+        "clipcap.export",
+        "clipcap.datasets",
+        "clipcap.embeddings",
+        "clipcap.train_options",
+        "clipcap.evaluate",
+        "clipcap.synthetic",
+        "clipcap.demo",
+    ],
 )
 def test_light_modules_leave_torch_out(module):
     heavy = "{'torch', 'transformers', 'open_clip'}"

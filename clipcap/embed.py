@@ -1,0 +1,460 @@
+"""`clipcap embed`: the CLIP image embeddings of a captioned image set, written as an embedding set.
+
+:func:`embed_dataset` loads each example's image with :func:`clipcap.runtime.images.load_image`
+and preprocesses it with :func:`clipcap.runtime.preprocess.preprocess` under the encoder's own
+:class:`~clipcap.config.Preprocessing`: exactly what the ONNX runtime does to an image before its
+``image_encoder.onnx``, so a mapper trained on these embeddings sees at training time what it will
+see at inference. The result is written with :func:`clipcap.embeddings.write_embeddings`.
+
+A missing image file (reason "missing") or one that cannot be decoded (reason "unreadable": corrupt,
+truncated, not an image, too large) is skipped, listed in ``skipped.jsonl`` beside the set and
+counted in the summary and in ``meta.json``; it never stops the run.
+
+Resuming: the examples are embedded in shards of ``shard_size``; each finished shard is written
+atomically to ``OUT/.partial/`` (``shard-000042.safetensors`` with its embeddings, then
+``shard-000042.json`` with its kept records and skipped entries, whose presence marks the shard
+done). ``.partial/plan.json`` records a fingerprint of the inputs (the examples' paths, ids, splits
+and captions, the CLIP spec, the shard size). Running again with the same inputs skips the finished
+shards; with different inputs it refuses (``force=True`` starts over). When every shard is done they
+are merged into the final files and ``.partial/`` is removed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipcap.clip import ImageEncoder
+from clipcap.config import ClipSpec, Preprocessing
+from clipcap.datasets import Example
+from clipcap.embeddings import CAPTIONS_FILE, EMBEDS_FILE, META_FILE, TENSOR_NAME, write_embeddings
+from clipcap.errors import ConfigError, missing_dependency
+from clipcap.runtime.images import ImageError, load_image
+from clipcap.runtime.preprocess import preprocess
+
+try:
+    import torch
+except ImportError as e:
+    raise missing_dependency("torch", "export", e) from e
+
+__all__ = ["EmbedSummary", "check_destination", "embed_dataset"]
+
+PARTIAL_DIR = ".partial"
+PLAN_FILE = "plan.json"
+PLAN_FORMAT = "clipcap-embed-plan"
+PLAN_VERSION = 1
+SKIPPED_FILE = "skipped.jsonl"
+
+# Why an image was skipped.
+MISSING = "missing"
+UNREADABLE = "unreadable"
+
+
+@dataclass
+class EmbedSummary:
+    """What a finished :func:`embed_dataset` did."""
+
+    count: int  # images embedded (rows of the set)
+    skipped: dict[str, int]  # reason -> images skipped
+    seconds: float  # this run's wall time (not an earlier, interrupted run's)
+    out_dir: Path
+    resumed: int = 0  # examples whose shards an earlier, interrupted run had finished
+
+    @property
+    def skipped_count(self) -> int:
+        return sum(self.skipped.values())
+
+    @property
+    def skipped_file(self) -> Path:
+        return self.out_dir / SKIPPED_FILE
+
+
+def embed_dataset(
+    examples: Sequence[Example],
+    encoder: ImageEncoder,
+    out_dir: str | Path,
+    *,
+    batch_size: int = 64,
+    shard_size: int = 1024,
+    device: str = "cpu",
+    progress: bool = True,
+    source: dict[str, Any] | None = None,
+    force: bool = False,
+    workers: int | None = None,
+) -> EmbedSummary:
+    """Embed every example's image with ``encoder`` and write the embedding set to ``out_dir``.
+
+    Args:
+        examples: the images and their captions (:func:`clipcap.datasets.read_dataset`).
+        encoder: the CLIP image encoder (:mod:`clipcap.clip`); moved to ``device``.
+        out_dir: the embedding-set directory (made if missing).
+        batch_size: images per forward pass.
+        shard_size: examples per resumable unit of work (see the module docstring).
+        device: the torch device to run CLIP on: "cpu", "cuda", "cuda:1".
+        progress: show a tqdm progress bar (on a terminal).
+        source: recorded as the set's ``meta.json`` "source" (what dataset, which options).
+        force: start over: discard an interrupted run's shards and replace a complete set.
+        workers: threads loading and preprocessing images while CLIP runs (default: up to 8;
+            0: load in this thread). The results do not depend on it.
+
+    Returns:
+        An :class:`EmbedSummary`.
+
+    Raises:
+        ConfigError: no examples; bad sizes; an unusable device; ``out_dir`` already holds a complete
+            set, or an interrupted run for other inputs (unless ``force``); a damaged shard.
+        KeyboardInterrupt: interrupted; the finished shards stay, and running the same call (the
+            same command) again resumes. The message says so.
+    """
+    started = time.perf_counter()
+    examples = list(examples)
+    if not examples:
+        raise ConfigError("no examples to embed: the dataset has no usable rows")
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers < 0:
+        raise ConfigError(f"workers must be >= 0, got {workers}")
+
+    out_dir = Path(out_dir)
+    torch_device = check_destination(out_dir, device=device, force=force)  # before --force removes anything
+    if force:
+        _discard(out_dir)
+    partial = out_dir / PARTIAL_DIR
+    _start_or_resume(partial, _plan(examples, encoder.spec, shard_size))
+
+    shards = [examples[i : i + shard_size] for i in range(0, len(examples), shard_size)]
+    done = {k for k in range(len(shards)) if _shard_path(partial, k, ".json").is_file()}
+    resumed = sum(len(shards[k]) for k in done)
+    skipped_before = sum(len(_read_shard_entries(partial, k)[1]) for k in done)
+
+    encoder.to(torch_device)
+    prepare = functools.partial(_prepare, spec=encoder.spec.preprocessing)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="clipcap-embed") if workers else None
+    bar = _Progress(len(examples), resumed, skipped_before, progress)
+    try:
+        for k, shard in enumerate(shards):
+            if k in done:
+                continue
+            embeds, records, skipped = _embed_shard(
+                shard, encoder, torch_device, batch_size, prepare, pool, bar
+            )
+            _write_shard(partial, k, embeds, records, skipped)
+            done.add(k)
+    except KeyboardInterrupt:
+        saved = sum(len(shards[k]) for k in done)
+        raise KeyboardInterrupt(
+            f"interrupted: {len(done)} of {len(shards)} shards ({saved} of {len(examples)} images) are saved "
+            f"in {partial}; run the same command again to resume"
+        ) from None
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    embeds, records, skipped = _merge_shards(partial, len(shards), encoder.spec.embed_dim)
+    counts: dict[str, int] = {}
+    for entry in skipped:
+        counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
+    counts = dict(sorted(counts.items()))
+    _write_text(out_dir / SKIPPED_FILE, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in skipped))
+    write_embeddings(out_dir, embeds, records, clip=encoder.spec, source=source, skipped=counts)
+    shutil.rmtree(partial)
+    return EmbedSummary(len(records), counts, time.perf_counter() - started, out_dir, resumed)
+
+
+def check_destination(out_dir: str | Path, *, device: str = "cpu", force: bool = False) -> torch.device:
+    """The checks :func:`embed_dataset` starts with, for a caller to make before loading CLIP.
+
+    Returns the torch device. Raises ConfigError: ``out_dir`` is a file, or holds a complete set
+    and ``force`` is off; ``device`` is not a usable torch device.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir}: exists and is not a directory; pass another --out")
+    if not force and (out_dir / META_FILE).exists():
+        raise ConfigError(
+            f"{out_dir}: already holds a complete embedding set; pass --force to compute it again "
+            "(it replaces the set), or another --out"
+        )
+    return _torch_device(device)
+
+
+# --------------------------------------------------------------------------------------------------
+# One shard
+
+
+@dataclass(frozen=True)
+class _Skipped:
+    reason: str
+    message: str
+
+
+def _prepare(example: Example, spec: Preprocessing) -> np.ndarray | _Skipped:
+    """An example's preprocessed pixels [3, S, S], or why it is skipped. Safe to call from threads."""
+    try:
+        # Each image alone: one bad image must not cost its batch.
+        return preprocess([load_image(example.image)], spec)[0]
+    except ImageError as e:
+        # os.path.exists, not Path.exists: False (not an exception) for a directory we may not enter.
+        return _Skipped(UNREADABLE if os.path.exists(example.image) else MISSING, str(e))
+
+
+def _embed_shard(
+    shard: list[Example],
+    encoder: ImageEncoder,
+    device: torch.device,
+    batch_size: int,
+    prepare: Callable[[Example], np.ndarray | _Skipped],
+    pool: ThreadPoolExecutor | None,
+    bar: _Progress,
+) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(embeddings [n, D] of the kept images, their records, the skipped entries) of one shard."""
+    embeds: list[np.ndarray] = []
+    records: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for batch, prepared in _prepared_batches(shard, batch_size, prepare, pool):
+        pixels = []
+        skipped_before = len(skipped)
+        for example, item in zip(batch, prepared, strict=True):
+            if isinstance(item, _Skipped):
+                skipped.append(
+                    {
+                        "image": str(Path(example.image).absolute()),
+                        "image_id": example.image_id,
+                        "reason": item.reason,
+                        "message": item.message,
+                    }
+                )
+                continue
+            pixels.append(item)
+            records.append(_record(example))
+        if pixels:
+            with torch.inference_mode():
+                batch_embeds = encoder(torch.from_numpy(np.stack(pixels)).to(device))
+            embeds.append(batch_embeds.float().cpu().numpy())
+        bar.advance(len(batch), skipped=len(skipped) - skipped_before)
+    if not embeds:
+        return np.zeros((0, encoder.embed_dim), np.float32), records, skipped
+    return np.concatenate(embeds), records, skipped
+
+
+def _prepared_batches(
+    examples: list[Example],
+    batch_size: int,
+    prepare: Callable[[Example], np.ndarray | _Skipped],
+    pool: ThreadPoolExecutor | None,
+) -> Iterator[tuple[list[Example], list[np.ndarray | _Skipped]]]:
+    """The examples in batches with their prepared images; with a pool, the next batch loads meanwhile."""
+    batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
+    if pool is None:
+        for batch in batches:
+            yield batch, [prepare(e) for e in batch]
+        return
+    ahead: list[Future] = [pool.submit(prepare, e) for e in batches[0]] if batches else []
+    for i, batch in enumerate(batches):
+        current = ahead
+        if i + 1 < len(batches):
+            ahead = [pool.submit(prepare, e) for e in batches[i + 1]]
+        yield batch, [f.result() for f in current]
+
+
+def _record(example: Example) -> dict[str, Any]:
+    return {
+        # Absolute, so training and evaluation find the images from any working directory.
+        "image": str(Path(example.image).absolute()),
+        "image_id": example.image_id,
+        "captions": list(example.captions),
+        "split": example.split,
+    }
+
+
+class _Progress:
+    """A tqdm bar over images, with the count skipped so far as its postfix."""
+
+    def __init__(self, total: int, done: int, skipped: int, enabled: bool) -> None:
+        try:
+            from tqdm import tqdm
+        except ImportError as e:
+            raise missing_dependency("tqdm", "train", e) from None
+        # disable=None: tqdm shows the bar on a terminal only, not in a redirected log.
+        self.bar = tqdm(
+            total=total,
+            initial=done,
+            unit="img",
+            desc="embed",
+            disable=None if enabled else True,
+            postfix={"skipped": skipped},
+        )
+        self.skipped = skipped
+
+    def advance(self, images: int, skipped: int) -> None:
+        if skipped:
+            self.skipped += skipped
+            self.bar.set_postfix(skipped=self.skipped, refresh=False)
+        self.bar.update(images)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The resumable state in OUT/.partial
+
+
+def _plan(examples: list[Example], clip: ClipSpec, shard_size: int) -> dict[str, Any]:
+    """What the shards depend on: a resumed run must have the same."""
+    digest = hashlib.sha256()
+    for e in examples:
+        row = [str(e.image), e.image_id, e.split, list(e.captions)]
+        digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
+    plan = {
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "count": len(examples),
+        "examples_sha256": digest.hexdigest(),
+        "clip": dataclasses.asdict(clip),
+        "shard_size": shard_size,
+    }
+    return json.loads(json.dumps(plan))  # tuples become lists, as when read back
+
+
+def _start_or_resume(partial: Path, plan: dict[str, Any]) -> None:
+    plan_path = partial / PLAN_FILE
+    if not plan_path.is_file():
+        # No plan: nothing here can be trusted to belong to these inputs.
+        if partial.exists():
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+        _write_text(plan_path, json.dumps(plan, indent=2) + "\n")
+        return
+    out_dir = partial.parent
+    try:
+        saved = json.loads(plan_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(
+            f"{plan_path}: unreadable ({e}); pass --force to discard the interrupted run and start over"
+        ) from None
+    if saved != plan:
+        what = {
+            "count": "the number of examples",
+            "examples_sha256": "the images or captions",
+            "clip": "the CLIP",
+            "shard_size": "the shard size",
+            "version": "the plan version",
+        }
+        differs = [v for k, v in what.items() if not isinstance(saved, dict) or saved.get(k) != plan[k]]
+        raise ConfigError(
+            f"{out_dir} holds an interrupted run for other inputs ({', '.join(differs) or 'the plan'} "
+            f"{'differs' if len(differs) == 1 else 'differ'}); pass --force to discard it and start over, "
+            "or another --out"
+        )
+
+
+def _shard_path(partial: Path, k: int, suffix: str) -> Path:
+    return partial / f"shard-{k:06d}{suffix}"
+
+
+def _write_shard(
+    partial: Path,
+    k: int,
+    embeds: np.ndarray,
+    records: list[dict[str, Any]],
+    skipped: list[dict[str, Any]],
+) -> None:
+    from safetensors.numpy import save_file
+
+    tensors = _shard_path(partial, k, ".safetensors")
+    tmp = tensors.with_name(tensors.name + ".tmp")
+    save_file({TENSOR_NAME: np.ascontiguousarray(embeds, dtype=np.float32)}, str(tmp))
+    os.replace(tmp, tensors)
+    # The .json last: its presence marks the shard done.
+    entries = {"records": records, "skipped": skipped}
+    _write_text(_shard_path(partial, k, ".json"), json.dumps(entries, ensure_ascii=False) + "\n")
+
+
+def _read_shard_entries(partial: Path, k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    path = _shard_path(partial, k, ".json")
+    try:
+        entries = json.loads(path.read_text(encoding="utf-8"))
+        return list(entries["records"]), list(entries["skipped"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise _damaged(path, e) from None
+
+
+def _merge_shards(
+    partial: Path, n_shards: int, dim: int
+) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+    from safetensors.numpy import load_file
+
+    embeds: list[np.ndarray] = []
+    records: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for k in range(n_shards):
+        shard_records, shard_skipped = _read_shard_entries(partial, k)
+        path = _shard_path(partial, k, ".safetensors")
+        try:
+            shard_embeds = load_file(str(path))[TENSOR_NAME]
+        except Exception as e:  # missing, truncated, wrong key: all the same to the user
+            raise _damaged(path, e) from None
+        if len(shard_embeds) != len(shard_records):
+            raise _damaged(path, f"{len(shard_embeds)} embeddings for {len(shard_records)} records")
+        embeds.append(shard_embeds)
+        records.extend(shard_records)
+        skipped.extend(shard_skipped)
+    kept = [e for e in embeds if len(e)]
+    return (np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)), records, skipped
+
+
+def _damaged(path: Path, problem: object) -> ConfigError:
+    return ConfigError(
+        f"{path}: a damaged shard of an interrupted run ({problem}); pass --force to start over"
+    )
+
+
+def _discard(out_dir: Path) -> None:
+    """Remove what `clipcap embed` writes in ``out_dir``, and nothing else."""
+    if (out_dir / PARTIAL_DIR).exists():
+        shutil.rmtree(out_dir / PARTIAL_DIR)
+    # meta.json first: without it the directory no longer reads as a complete set.
+    for name in (META_FILE, EMBEDS_FILE, CAPTIONS_FILE, SKIPPED_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _torch_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as e:
+        raise ConfigError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"--device {name}: CUDA is not available to this PyTorch (torch {torch.__version__}, "
+                f"CUDA build {torch.version.cuda or 'none'}); use --device cpu or a CUDA build of torch"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"numbered from 0"
+            )
+    return device
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
