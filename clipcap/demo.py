@@ -249,8 +249,8 @@ def _measure(variant: str, result: dict[str, Any], test: list[dict[str, Any]], e
     """Caption the held-out images with the runtime (and PyTorch), score them, time both one by one."""
     import torch
 
-    from clipcap.evaluate import exact_match, score_captions
     from clipcap.generate import generate
+    from clipcap.metrics import exact_match, score_captions
     from clipcap.runtime import Captioner, load_image
     from clipcap.runtime.preprocess import preprocess
 
@@ -303,7 +303,7 @@ def _measure(variant: str, result: dict[str, Any], test: list[dict[str, Any]], e
 
 
 def _write_predictions(path: Path, test: list[dict[str, Any]], row: dict[str, Any]) -> Path:
-    from clipcap.evaluate import normalize_caption
+    from clipcap.metrics import normalize_caption
 
     lines = []
     for record, caption in zip(test, row["_predictions"], strict=True):
@@ -369,7 +369,7 @@ def _contact_sheet(path: Path, test: list[dict[str, Any]], rows: list[dict[str, 
     grey) when wrong; a picture some variant got wrong has a red frame."""
     from PIL import Image, ImageDraw
 
-    from clipcap.evaluate import normalize_caption
+    from clipcap.metrics import normalize_caption
 
     font = _font(12)
     thumb, cols, cell_w, line_h, pad = 128, 6, 300, 15, 6

@@ -20,6 +20,7 @@ import pytest
         "clipcap.embeddings",
         "clipcap.train_options",
         "clipcap.evaluate",
+        "clipcap.metrics",
         "clipcap.synthetic",
         "clipcap.demo",
     ],
