@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # transformers 4.57 is what optimum-onnx accepts; the newest 5.x is what `pip install` takes.
 TRANSFORMERS_COMPAT := 4.57.6
 
-.PHONY: demo test test-runtime test-compat ci lint clean
+.PHONY: demo test test-runtime test-compat ci lint clean bench-venv
 
 # The dev venv: every extra, the package editable. Rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -27,9 +27,10 @@ test: lint
 
 # The plain install (`pip install .`, no extras) is the torch-free runtime: prove it stays so, and
 # that it captions with a bundle the dev venv trained and exported (`clipcap demo --quick`, which
-# itself checks the whole chain: train, export, caption, score).
+# itself checks the whole chain: train, export, caption, score). `clipcap bench --quick` runs here
+# too, so the benchmark never rots.
 test-runtime: $(VENV)/.installed
-	rm -rf .venv-runtime build/demo
+	rm -rf .venv-runtime build/demo build/bench*
 	$(PYTHON) -m venv .venv-runtime
 	.venv-runtime/bin/python -m pip install --quiet --upgrade pip
 	.venv-runtime/bin/python -m pip install --quiet . pytest
@@ -44,6 +45,8 @@ test-runtime: $(VENV)/.installed
 	    assert all(v['identical_to_pytorch'] == 1.0 for v in r['variants']), r"
 	cd /tmp && $(CURDIR)/.venv-runtime/bin/clipcap caption $(CURDIR)/build/demo/data/images/01100.png \
 	    --bundle $(CURDIR)/build/demo/bundle-mlp --json
+	$(BIN)/clipcap bench --quick --cache build/bench-cache --out build/bench.json \
+	    --markdown build/bench.md --plot build/bench.png
 	.venv-runtime/bin/python -m pytest -q
 
 # The oldest transformers we support: the tests whose code paths meet transformers (the models
@@ -60,6 +63,11 @@ test-compat:
 	.venv-compat/bin/python -m pytest -q -m "not slow" $(COMPAT_TESTS)
 
 ci: test test-runtime test-compat
+
+# The Hugging Face Optimum baseline's own venv (optimum-onnx needs transformers < 4.58), which
+# `clipcap bench --backends optimum` runs benchmarks/optimum_worker.py in. Idempotent.
+bench-venv:
+	PYTHON=$(PYTHON) bash benchmarks/optimum-venv.sh
 
 clean:
 	rm -rf .venv .venv-runtime .venv-compat demo-out build *.egg-info

@@ -390,6 +390,65 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--seed", type=int, default=0, metavar="S", help="seeds the data and every model (default 0)"
     )
+
+    bench = _command(
+        commands,
+        "bench",
+        cmd_bench,
+        "benchmark the runtime against PyTorch, the original loop and optimum, on the same weights",
+        description=(
+            "Caption the same pictures with every backend on the same full-size random-weight models "
+            "(GPT-2 small + CLIP ViT-B/32; an MLP mapper with prefix 10 and a transformer mapper with "
+            "prefix 40), exactly --new-tokens greedy tokens each: latency per caption (p50/p90/p99, by "
+            "stage) at batch 1, throughput at each batch size, each decode step against the memory "
+            "bandwidth's bound (the roofline), cold start, and token agreement between backends. "
+            "Writes JSON, markdown and a plot; models and bundles are cached in --cache."
+        ),
+        epilog=BENCH_EPILOG,
+    )
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny model (mlp), batch sizes 1,4, 8 tokens, 5 runs: does it all run? (about a minute)",
+    )
+    b_out = bench.add_argument_group("output")
+    b_out.add_argument("--out", metavar="FILE.json", help="the report as JSON")
+    b_out.add_argument("--markdown", metavar="FILE.md", help="the report as markdown, targets included")
+    b_out.add_argument("--plot", metavar="FILE.png", help="latency by stage and throughput (matplotlib)")
+    b_what = bench.add_argument_group("what to measure")
+    b_what.add_argument(
+        "--backends",
+        metavar="LIST",
+        help="comma-separated: onnxruntime, pytorch, pytorch-nocache, optimum (default: all)",
+    )
+    b_what.add_argument(
+        "--precisions",
+        metavar="LIST",
+        help="the runtime's: fp32,int8,int4 on cpu (default), fp32,fp16 on cuda",
+    )
+    b_what.add_argument("--batch-sizes", metavar="LIST", help="default 1,4,16,64 (--quick: 1,4)")
+    b_what.add_argument(
+        "--new-tokens", type=int, metavar="N", help="tokens per caption (default 20, --quick 8)"
+    )
+    b_what.add_argument(
+        "--runs", type=int, metavar="N", help="timed runs at batch 1 after warm-up (default 20, --quick 5)"
+    )
+    b_what.add_argument("--variants", metavar="LIST", help="mlp, transformer (default: both; --quick: mlp)")
+    b_run = bench.add_argument_group("running")
+    b_run.add_argument(
+        "--threads", type=int, metavar="N", help="PyTorch and ONNX Runtime threads (default: all cores)"
+    )
+    b_run.add_argument("--provider", choices=("cpu", "cuda"), default="cpu")
+    b_run.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="exported bundles and model files, keyed by config (default ~/.cache/clipcap-onnx/bench)",
+    )
+    b_run.add_argument(
+        "--optimum-python",
+        metavar="PATH",
+        help="the optimum venv's python (default benchmarks/.venv-optimum/bin/python)",
+    )
     return parser
 
 
@@ -815,7 +874,9 @@ Checkpoints come every --save-every steps and at each epoch end; the newest --ke
 Resuming: --resume auto continues from the newest checkpoint in --out (or starts fresh);
 --resume DIR/checkpoint-NNNNNNN from that one. Data order, dropout and schedule continue
 exactly, so the result equals an uninterrupted run's. Options that change what is computed must
-be the same as before; --epochs and --max-steps may grow.
+be the same as before; how long and how often may change (--epochs, --max-steps, --save-every,
+--keep-checkpoints, --eval-every, --val-split), and so may --grad-accum and --amp (the same
+training, not bitwise the same numbers). --val-split '' turns the validation loss off.
 
 Examples (COCO embeddings from `clipcap embed`, GPT-2 as a local Hugging Face directory):
   clipcap train --data coco-embeds --gpt2 hf/gpt2 --variant mlp --out runs/coco-mlp --device cuda
@@ -883,6 +944,49 @@ def cmd_demo(args) -> int:
 
     variants = VARIANTS if args.variant == "both" else (args.variant,)
     run_demo(args.out, quick=args.quick, variants=variants, seed=args.seed)
+    return 0
+
+
+BENCH_EPILOG = """
+Examples:
+  clipcap bench --quick                                   # about a minute: does it all run?
+  clipcap bench --out bench.json --markdown bench.md --plot bench.png
+  clipcap bench --backends onnxruntime,pytorch --precisions int8 --batch-sizes 1
+  clipcap bench --provider cuda --precisions fp32,fp16    # onnxruntime-gpu and CUDA PyTorch
+
+The optimum backend runs in its own venv; make it once with: bash benchmarks/optimum-venv.sh
+(without it, the report lists optimum as skipped). The first run exports the bundles (minutes);
+later runs take them from --cache.
+"""
+
+
+def cmd_bench(args) -> int:
+    _require_torch()
+    from clipcap.benchmarks.options import DEFAULT_CACHE, BenchOptions, parse_list
+
+    given = {
+        "backends": parse_list(args.backends, "--backends"),
+        "precisions": parse_list(args.precisions, "--precisions"),
+        "batch_sizes": parse_list(args.batch_sizes, "--batch-sizes", int),
+        "variants": parse_list(args.variants, "--variants"),
+        "runs": args.runs,
+        "threads": args.threads,
+        "new_tokens": args.new_tokens,
+    }
+    options = BenchOptions(
+        quick=args.quick,
+        provider=args.provider,
+        cache_dir=Path(args.cache) if args.cache else DEFAULT_CACHE,
+        out=args.out,
+        markdown=args.markdown,
+        plot=args.plot,
+        optimum_python=args.optimum_python,
+        **{k: v for k, v in given.items() if v is not None},
+    )
+    from clipcap.benchmarks.report import summary
+    from clipcap.benchmarks.run import run_bench
+
+    print(summary(run_bench(options)))
     return 0
 
 
