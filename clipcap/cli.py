@@ -92,16 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     caption.add_argument(
         "--embeddings", metavar="FILE.npy", help="caption CLIP embeddings [N, D] instead of images"
     )
-    d = caption.add_argument_group("decoding (default: the bundle's)")
-    d.add_argument("--strategy", choices=("greedy", "top-k", "top-p", "beam"))
-    d.add_argument("--top-k", type=int, metavar="K")
-    d.add_argument("--top-p", type=float, metavar="P")
-    d.add_argument("--temperature", type=float, metavar="T")
-    d.add_argument("--beam-size", type=int, metavar="N")
-    d.add_argument("--length-penalty", type=float, metavar="A", help="beam ranking: sum(log p) / length ** A")
-    d.add_argument("--max-new-tokens", type=int, metavar="N")
-    d.add_argument("--min-new-tokens", type=int, metavar="N")
-    d.add_argument("--seed", type=int, metavar="S", help="makes top-k / top-p sampling reproducible")
+    d = _add_decoding_flags(caption.add_argument_group("decoding (default: the bundle's)"))
     d.add_argument(
         "--stop",
         action="append",
@@ -276,20 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--split", default="test", metavar="NAME", help="the split to caption (default test; all: every row)"
     )
     ev_data.add_argument("--limit", type=int, metavar="N", help="only the split's first N images")
-    ev_decoding = evaluation.add_argument_group("decoding (default: the bundle's or checkpoint's)")
-    ev_decoding.add_argument("--strategy", choices=("greedy", "top-k", "top-p", "beam"))
-    ev_decoding.add_argument("--beam-size", type=int, metavar="N")
-    ev_decoding.add_argument(
-        "--length-penalty", type=float, metavar="A", help="beam ranking: sum(log p) / length ** A"
-    )
-    ev_decoding.add_argument("--max-new-tokens", type=int, metavar="N")
-    ev_decoding.add_argument("--min-new-tokens", type=int, metavar="N")
-    ev_decoding.add_argument("--top-k", type=int, metavar="K")
-    ev_decoding.add_argument("--top-p", type=float, metavar="P")
-    ev_decoding.add_argument("--temperature", type=float, metavar="T")
-    ev_decoding.add_argument(
-        "--seed", type=int, metavar="S", help="makes top-k / top-p sampling reproducible"
-    )
+    _add_decoding_flags(evaluation.add_argument_group("decoding (default: the bundle's or checkpoint's)"))
     ev_run = evaluation.add_argument_group("running")
     ev_run.add_argument(
         "--provider", choices=("cpu", "cuda"), help="ONNX Runtime's, for --bundle (default cpu)"
@@ -501,6 +479,38 @@ def _command(commands, name: str, run: Callable, help: str, description: str | N
     return p
 
 
+def _add_decoding_flags(group):
+    """The decoding options' flags, shared by `caption` and `eval` (read back by _decoding_overrides)."""
+    group.add_argument("--strategy", choices=("greedy", "top-k", "top-p", "beam"))
+    group.add_argument("--top-k", type=int, metavar="K")
+    group.add_argument("--top-p", type=float, metavar="P")
+    group.add_argument("--temperature", type=float, metavar="T")
+    group.add_argument("--beam-size", type=int, metavar="N")
+    group.add_argument(
+        "--length-penalty", type=float, metavar="A", help="beam ranking: sum(log p) / length ** A"
+    )
+    group.add_argument("--max-new-tokens", type=int, metavar="N")
+    group.add_argument("--min-new-tokens", type=int, metavar="N")
+    group.add_argument("--seed", type=int, metavar="S", help="makes top-k / top-p sampling reproducible")
+    return group
+
+
+def _decoding_overrides(args) -> dict:
+    """The decoding options the user gave on the command line, as DecodingOptions field names."""
+    given = {
+        "strategy": args.strategy and args.strategy.replace("-", "_"),
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "temperature": args.temperature,
+        "beam_size": args.beam_size,
+        "length_penalty": args.length_penalty,
+        "max_new_tokens": args.max_new_tokens,
+        "min_new_tokens": args.min_new_tokens,
+        "seed": args.seed,
+    }
+    return {name: value for name, value in given.items() if value is not None}
+
+
 def _add_checkpoint_settings(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("the checkpoint, and what its weights cannot tell")
     g.add_argument(
@@ -595,21 +605,7 @@ def cmd_caption(args) -> int:
 
     if bool(args.images) == bool(args.embeddings):
         raise ConfigError("give IMAGE paths or --embeddings FILE.npy (one of the two)")
-    overrides = {
-        name: value
-        for name, value in {
-            "strategy": args.strategy and args.strategy.replace("-", "_"),
-            "top_k": args.top_k,
-            "top_p": args.top_p,
-            "temperature": args.temperature,
-            "beam_size": args.beam_size,
-            "length_penalty": args.length_penalty,
-            "max_new_tokens": args.max_new_tokens,
-            "min_new_tokens": args.min_new_tokens,
-            "seed": args.seed,
-        }.items()
-        if value is not None
-    }
+    overrides = _decoding_overrides(args)
     captioner = Captioner(
         args.bundle, provider=args.provider, fallback_to_cpu=args.fallback_cpu, threads=args.threads
     )
@@ -808,21 +804,7 @@ def cmd_eval(args) -> int:
         if args.provider:
             raise ConfigError("--provider is for --bundle; a checkpoint runs on --device")
         _require_torch()
-    overrides = {
-        name: value
-        for name, value in {
-            "strategy": args.strategy and args.strategy.replace("-", "_"),
-            "top_k": args.top_k,
-            "top_p": args.top_p,
-            "temperature": args.temperature,
-            "beam_size": args.beam_size,
-            "length_penalty": args.length_penalty,
-            "max_new_tokens": args.max_new_tokens,
-            "min_new_tokens": args.min_new_tokens,
-            "seed": args.seed,
-        }.items()
-        if value is not None
-    }
+    overrides = _decoding_overrides(args)
     result = evaluate(
         args.bundle or args.checkpoint,
         args.data,

@@ -439,24 +439,16 @@ def _machine() -> dict[str, Any]:
     import onnxruntime
     import torch
 
+    from clipcap.benchmarks.run import cpu_name
+
     return {
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnxruntime": onnxruntime.__version__,
         "torch_threads": torch.get_num_threads(),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _round(value: float | None, digits: int = 4) -> float | None:
