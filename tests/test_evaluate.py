@@ -21,21 +21,7 @@ from clipcap.evaluate import (
     select_rows,
 )
 from tests.conftest import TINY
-
-# Distinct sentences of 4+ words: BLEU-4 of a copy is 1, and no n-gram is in every image (CIDEr's
-# IDF would zero it).
-CAPTIONS = [
-    "A man riding a wave on top of a surfboard.",
-    "Two dogs are playing with a red ball in the grass.",
-    "A plate of food with rice, beans and meat.",
-    "An elephant standing next to a tall tree.",
-]
-OTHER_REFERENCES = [
-    "a surfer rides a big wave",
-    "dogs play in a park",
-    "a dinner plate full of food",
-    "a large elephant by a tree",
-]
+from tests.test_metrics import CAPTIONS, OTHER_REFERENCES  # the scoring tests' captions
 
 
 @pytest.fixture(scope="module")
