@@ -289,7 +289,7 @@ def test_bad_files_get_one_clear_error(tmp_path, case):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["seed", "original-mlp", "original-linear", "original-transformer", "own"])
-def test_full_size_checkpoints_load(tmp_path_factory, kind):
+def test_full_size_checkpoints_load(tmp_path, kind):
     sizes = dict(
         n_embd=768,
         n_layer=12,
@@ -308,11 +308,10 @@ def test_full_size_checkpoints_load(tmp_path_factory, kind):
     model = make_original(source, **sizes)
     for p in model.parameters():  # GPT-2's own init scale keeps a 12-layer stack finite
         p.data.mul_(0.02 / 0.3)
-    tmp = tmp_path_factory.mktemp(kind)
-    path = _save(model, tmp / "full.pt")
+    path = _save(model, tmp_path / "full.pt")
     loaded = load_checkpoint(path, normalize_prefix=False)
     if kind == "own":
-        path = save_checkpoint(loaded, tmp / "own")
+        path = save_checkpoint(loaded, tmp_path / "own")
         loaded = load_checkpoint(path)
     g = loaded.config.gpt2
     assert (g.n_embd, g.n_layer, g.n_head, g.n_positions, g.vocab_size) == (768, 12, 12, 1024, 50257)
