@@ -59,8 +59,8 @@ class Attention(nn.Module):
             t.view(B, T, self.n_head, E // self.n_head).transpose(1, 2) for t in (q, k, v)
         )  # [B, H, T, D]
         if past is not None:
-            k = torch.cat((past[0], k), dim=2)  # [B, H, P+T, D]
-            v = torch.cat((past[1], v), dim=2)
+            k = torch.cat((past[0], k), dim=-2)  # [B, H, P+T, D]; -2, the axis onnxscript's fusion matches
+            v = torch.cat((past[1], v), dim=-2)
         # dropout_p only while training: SDPA applies it whatever the module's mode.
         p = self.attn_dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=p)  # [B, H, T, D]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from clipcap.export.fusion import fuse_transformer
 from clipcap.export.graphs import GraphSpec, cache_reorder_spec, decoder_spec, image_encoder_spec, mapper_spec
 from clipcap.export.onnx_export import DEFAULT_OPSET, ExportError, export_graph
 from clipcap.export.precision import convert, io_dtype, optimize
@@ -85,10 +86,14 @@ def export_bundle(
         ]
         scratch = work / "fp32"
         scratch.mkdir()
+        fusion: dict[str, str] = {}
         optimization: dict[str, str] = {}
         for n, spec in enumerate(specs, 1):
             say(f"[{n}/{len(specs) + 2}] tracing {spec.name} to ONNX (opset {opset})")
             export_graph(spec, scratch / spec.file, opset)
+            fusion[spec.name] = (
+                fuse_transformer(scratch / spec.file) if spec.fuse else "none: not a transformer"
+            )
             if precision != "fp32":
                 say(f"      converting {spec.name} to {precision}")
             convert(scratch / spec.file, work / spec.file, precision, spec)
@@ -102,7 +107,9 @@ def export_bundle(
             verification, table = _verify(model, encoder, specs, work, precision)
             say(table)
         # Through JSON and back, so the returned manifest equals what a reader of the file gets.
-        manifest = _manifest(model, encoder, specs, work, precision, opset, tok, optimization, verification)
+        manifest = _manifest(
+            model, encoder, specs, work, precision, opset, tok, fusion, optimization, verification
+        )
         manifest = json.loads(json.dumps(manifest))
         write_manifest(work, manifest)
         if verify and not verification["passed"]:
@@ -158,7 +165,7 @@ def _verify(model, encoder, specs: list[GraphSpec], work: Path, precision: str) 
 
 
 def _manifest(
-    model, encoder, specs, work, precision, opset, tok, optimization, verification
+    model, encoder, specs, work, precision, opset, tok, fusion, optimization, verification
 ) -> dict[str, Any]:
     config, g, m = model.config, model.config.gpt2, model.config.mapper
     special = {t.content: i for i, t in tok.get_added_tokens_decoder().items() if t.special}
@@ -198,6 +205,7 @@ def _manifest(
                 "file": spec.file,
                 "inputs": [dict(t.to_dict(), dtype=io_dtype(spec, t.name, precision)) for t in spec.inputs],
                 "outputs": [dict(t.to_dict(), dtype=io_dtype(spec, t.name, precision)) for t in spec.outputs],
+                "fusion": fusion[spec.name],
                 "optimization": optimization[spec.name],
             }
             for spec in specs

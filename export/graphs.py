@@ -52,6 +52,7 @@ class GraphSpec:
     trace_sizes: dict[str, int]
     cases: tuple[dict[str, int], ...]  # verification sizes, none equal to the trace sizes
     keep_fp32: tuple[str, ...] = field(default=())  # I/O that stays float32 in an fp16 graph
+    fuse: bool = False  # rewrite attention, LayerNorm and GELU into ONNX Runtime's fused operators
 
     @property
     def file(self) -> str:
@@ -182,6 +183,7 @@ def decoder_spec(model: ClipCapModel) -> GraphSpec:
             {"batch": 3, "prefix_len": 1, "seq": 3, "past": 1},
         ),
         keep_fp32=("prefix_embeds", "input_ids", "attention_mask", "logits"),
+        fuse=True,
     )
 
 

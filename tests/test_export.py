@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 
 import pytest
@@ -92,6 +93,39 @@ def test_bundle_files_and_manifest(fp32_bundle):
     assert manifest["precision"] == "fp32" and manifest["opset"] == 18
     assert manifest["versions"]["torch"] and manifest["versions"]["onnx"]
     assert {g["optimization"] for g in manifest["graphs"].values()} == {"onnxruntime extended (CPU)"}
+    assert manifest["graphs"]["decoder"]["fusion"].startswith("onnxscript ")
+    assert manifest["graphs"]["mapper"]["fusion"] == "none: not a transformer"
+
+
+def test_decoder_attention_is_fused(fp32_bundle):
+    # onnxscript's rewriter: one MultiHeadAttention per layer that appends to the KV cache itself (no
+    # Softmax, Transpose or cache Concat left), LayerNorms fused with the residual adds, GELU as one.
+    out, _ = fp32_bundle
+    graph = onnx.load(str(out / "decoder.onnx")).graph
+    ops = collections.Counter(n.op_type for n in graph.node)
+    assert ops["MultiHeadAttention"] == 2 and ops["Softmax"] == 0 and ops["Transpose"] == 0
+    attention = [n for n in graph.node if n.op_type == "MultiHeadAttention"]
+    assert [list(n.input[6:8]) for n in attention] == [
+        [f"past_key_values.{i}.key", f"past_key_values.{i}.value"] for i in range(2)
+    ]
+    assert [list(n.output[1:3]) for n in attention] == [
+        [f"present.{i}.key", f"present.{i}.value"] for i in range(2)
+    ]
+    assert ops["SkipLayerNormalization"] >= 3 and ops["FastGelu"] == 2 and ops["Tanh"] == 0
+
+
+def test_failed_fusion_keeps_the_traced_graph(tiny_encoder, tmp_path, monkeypatch):
+    import onnxscript.rewriter.ort_fusions as ort_fusions
+
+    def broken(model):
+        raise KeyError("a pattern this release lacks")
+
+    monkeypatch.setattr(ort_fusions, "optimize_for_ort", broken)
+    manifest = export_bundle(clipcap_model(), tiny_encoder, tmp_path / "b", progress=lambda _: None)
+    assert manifest["verification"]["passed"] is True
+    assert manifest["graphs"]["decoder"]["fusion"].startswith("none: onnxscript's fusions failed (KeyError")
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "b" / "decoder.onnx")).graph.node}
+    assert "MultiHeadAttention" not in ops and "Softmax" in ops
 
 
 def test_decoder_graph_io_and_one_embedding_table(fp32_bundle):
