@@ -163,8 +163,10 @@ class Assets:
     # -- what the other backends run -----------------------------------------------------------
 
     def bundle_path(self, precision: str) -> Path:
-        versions = [_version("torch"), _version("onnxruntime"), _version("onnx")]
-        return self.directory / f"bundle-{precision}-{_hash(versions)}"
+        # What makes a bundle: the exporter's libraries and our export code itself (a change to the
+        # graphs or their fusions must not be measured on a bundle the old code wrote).
+        makers = [_version(d) for d in ("torch", "onnxruntime", "onnx", "onnxscript")] + [_export_code()]
+        return self.directory / f"bundle-{precision}-{_hash(makers)}"
 
     def has_bundle(self, precision: str) -> bool:
         return (self.bundle_path(precision) / "clipcap.json").is_file()
@@ -256,6 +258,16 @@ def make_images(n: int, seed: int = 0) -> list:
 def _hash(value: Any) -> str:
     text = json.dumps(value, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _export_code() -> str:
+    """A digest of clipcap.export's source files."""
+    import clipcap.export
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(clipcap.export.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _version(distribution: str) -> str | None:

@@ -38,6 +38,10 @@ class BenchOptions:
       the throughput figures, take ``max(3, runs // batch)`` runs after one warm-up.
     - ``threads``: PyTorch's threads and ONNX Runtime's intra-op threads (default: all cores).
     - ``new_tokens``: every caption is exactly this long (no EOS, no stop tokens), whatever the backend.
+    - ``trained_check``: also export the models `clipcap demo` trained at each quantized precision
+      and compare their captions of the demo's held-out pictures with fp32 (default: on, off with
+      ``quick``). ``trained`` is that demo's folder; by default the cache's, made on first use
+      (a full demo, about 4 minutes).
     """
 
     quick: bool = False
@@ -56,6 +60,8 @@ class BenchOptions:
     plot: Path | None = None
     optimum_python: Path | None = None  # default: benchmarks/.venv-optimum/bin/python
     cold_start_repeats: int | None = None  # default 3, quick 1
+    trained_check: bool | None = None  # default: not quick
+    trained: Path | None = None  # default: cache_dir / "demo", made when missing
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -68,13 +74,14 @@ class BenchOptions:
             "warmup": 1 if self.quick else 3,
             "threads": os.cpu_count() or 1,
             "cold_start_repeats": 1 if self.quick else 3,
+            "trained_check": not self.quick,
         }
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
         for name in ("backends", "precisions", "batch_sizes", "variants"):
             object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))  # ordered, no repeats
-        for name in ("cache_dir", "out", "markdown", "plot", "optimum_python"):
+        for name in ("cache_dir", "out", "markdown", "plot", "optimum_python", "trained"):
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, Path(value).expanduser())
@@ -104,12 +111,22 @@ class BenchOptions:
             problems.append(f"cold_start_repeats must be an integer >= 0, got {self.cold_start_repeats!r}")
         if self.cache_dir.exists() and not self.cache_dir.is_dir():
             problems.append(f"cache {self.cache_dir} exists and is not a directory")
+        if self.trained is not None and not (self.trained / "report.json").is_file():
+            problems.append(
+                f"trained: {self.trained} holds no `clipcap demo` report.json "
+                f"(make one: clipcap demo --out {self.trained})"
+            )
         if problems:
             raise ConfigError("invalid benchmark options: " + "; ".join(problems))
 
     @property
     def optimum(self) -> bool:
         return "optimum" in self.backends
+
+    @property
+    def demo_dir(self) -> Path:
+        """The `clipcap demo` folder whose trained models the quantization check uses."""
+        return self.trained if self.trained is not None else self.cache_dir / "demo"
 
     def runs_for(self, batch: int, per_picture: bool = False) -> tuple[int, int]:
         """(warm-up runs, timed runs) at a batch size: the full count at batch 1 (the latency
@@ -130,7 +147,7 @@ class BenchOptions:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for name in ("cache_dir", "out", "markdown", "plot", "optimum_python"):
+        for name in ("cache_dir", "out", "markdown", "plot", "optimum_python", "trained"):
             d[name] = None if d[name] is None else str(d[name])
         for name in ("backends", "precisions", "batch_sizes", "variants"):
             d[name] = list(d[name])

@@ -80,6 +80,14 @@ def run_bench(options: BenchOptions, say: Say | None = None) -> dict[str, Any]:
                 skipped.append(e.entry)
                 say(f"      optimum skipped: {e.entry['reason']}")
 
+    trained = None
+    quantized = [p for p in options.precisions if p != "fp32"]
+    if options.trained_check and quantized and "onnxruntime" in options.backends:
+        from clipcap.benchmarks.trained import ensure_demo, trained_agreement
+
+        demo = options.demo_dir if options.trained is not None else ensure_demo(options.demo_dir, say)
+        trained = trained_agreement(demo, quantized, options.threads, say)
+
     report = {
         "machine": machine,
         "config": config_section(options),
@@ -87,6 +95,7 @@ def run_bench(options: BenchOptions, say: Say | None = None) -> dict[str, Any]:
         "skipped": _unique(skipped),
         "cold_start": cold_start,
         "agreement": agreement(tokens, options),
+        "trained_agreement": trained,
         "seconds": round(time.perf_counter() - started, 1),
     }
     for path in write_reports(report, options):

@@ -412,6 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--runs", type=int, metavar="N", help="timed runs at batch 1 after warm-up (default 20, --quick 5)"
     )
     b_what.add_argument("--variants", metavar="LIST", help="mlp, transformer (default: both; --quick: mlp)")
+    trained = b_what.add_mutually_exclusive_group()
+    trained.add_argument(
+        "--trained",
+        metavar="DIR",
+        help="a `clipcap demo` folder: its trained models are exported at each quantized precision and "
+        "their captions of its held-out pictures compared with fp32 (default, without --quick: the "
+        "cache's demo, made on first use, about 4 minutes)",
+    )
+    trained.add_argument(
+        "--no-trained", action="store_true", help="skip that check of quantized captions on trained models"
+    )
     b_run = bench.add_argument_group("running")
     b_run.add_argument(
         "--threads", type=int, metavar="N", help="PyTorch and ONNX Runtime threads (default: all cores)"
@@ -938,7 +949,8 @@ Examples:
 
 The optimum backend runs in its own venv; make it once with: bash benchmarks/optimum-venv.sh
 (without it, the report lists optimum as skipped). The first run exports the bundles (minutes);
-later runs take them from --cache.
+later runs take them from --cache. The speed runs use random weights; whether int8 and int4 keep
+captions is measured on the models `clipcap demo` trains (--trained DIR, or the cache's demo).
 """
 
 
@@ -954,6 +966,8 @@ def cmd_bench(args) -> int:
         "runs": args.runs,
         "threads": args.threads,
         "new_tokens": args.new_tokens,
+        "trained": Path(args.trained) if args.trained else None,
+        "trained_check": False if args.no_trained else (True if args.trained else None),
     }
     options = BenchOptions(
         quick=args.quick,

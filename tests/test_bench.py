@@ -315,6 +315,13 @@ def test_options_defaults_by_mode(tmp_path):
     file.write_text("")
     with pytest.raises(ConfigError, match="not a directory"):
         BenchOptions(cache_dir=file)
+    # The quantization check on trained models: on in a full run (the cache's demo), off with --quick.
+    assert full.trained_check is True and quick.trained_check is False
+    assert quick.demo_dir == tmp_path / "demo"
+    with pytest.raises(ConfigError, match=r"holds no `clipcap demo` report\.json"):
+        BenchOptions(trained=tmp_path)
+    (tmp_path / "report.json").write_text("{}")
+    assert BenchOptions(trained=tmp_path).demo_dir == tmp_path
 
 
 def test_cli_refuses_bad_options(capsys):
@@ -328,9 +335,9 @@ def test_cli_refuses_bad_options(capsys):
 
 
 def test_targets_say_met_or_missed_by_how_much():
-    from clipcap.benchmarks.report import targets
+    from clipcap.benchmarks.report import _verdict, targets
 
-    def row(backend, precision, batch, e2e, per_s=None, roof=None):
+    def row(backend, precision, batch, e2e, per_s=None, roof=None, bound=None):
         return {
             "variant": "mlp",
             "backend": backend,
@@ -339,13 +346,14 @@ def test_targets_say_met_or_missed_by_how_much():
             "e2e_ms_p50": e2e,
             "captions_per_s": per_s,
             "roofline_fraction": roof,
+            "roofline_ms": bound,
         }
 
     report = {
-        "config": {"variants": ["mlp"]},
+        "config": {"variants": ["mlp"], "new_tokens": 20},
         "results": [
-            row("onnxruntime", "fp32", 1, 100.0, 10.0, 0.9),
-            row("onnxruntime", "int8", 1, 50.0, 20.0, 0.5),
+            row("onnxruntime", "fp32", 1, 100.0, 10.0, 0.9, bound=4.0),
+            row("onnxruntime", "int8", 1, 50.0, 20.0, 0.5, bound=2.0),
             row("onnxruntime", "fp32", 16, 400.0, 40.0),
             row("pytorch", "fp32", 1, 300.0),
         ],
@@ -359,6 +367,14 @@ def test_targets_say_met_or_missed_by_how_much():
     assert got["end to end, onnxruntime fp32 vs pytorch (speed-up)"]["met"] is True
     assert got["throughput, onnxruntime fp32, batch 16 vs batch 1"]["measured"] == pytest.approx(4.0)
     assert got["end to end, onnxruntime int8 vs pytorch-nocache (speed-up)"]["met"] is None
+
+    # 20 int8 steps at the roofline take 40 ms: against PyTorch's 300 ms, 8x is out of reach (7.5x at most).
+    int8_torch = got["end to end, onnxruntime int8 vs pytorch (speed-up)"]
+    assert int8_torch["ceiling"] == pytest.approx(7.5)
+    assert "out of reach here: at most 7.50x" in _verdict(int8_torch)
+    fp32_torch = got["end to end, onnxruntime fp32 vs pytorch (speed-up)"]
+    assert fp32_torch["ceiling"] == pytest.approx(3.75) and _verdict(fp32_torch) == "met"
+    assert "out of reach" not in _verdict(int8_roof)
 
 
 def test_benchmarks_package_is_torch_free_and_maps_to_its_folder():
