@@ -65,7 +65,7 @@ class Captioner:
         self.bundle: Bundle = open_bundle(bundle, check_files=check_files)
         self.providers = resolve_providers(provider, fallback=fallback_to_cpu)
         self.sessions = {
-            name: make_session(self.bundle.graph_file(name), self.providers, threads)
+            name: make_session(self.bundle.graph_file(name), self.providers, threads, spin=name == "decoder")
             for name in self.bundle.manifest["graphs"]
         }
         self.tokenizer = load_tokenizer(self.bundle.path / "tokenizer.json")

@@ -214,6 +214,23 @@ def test_threads_setting(tiny_bundle):
         Captioner(tiny_bundle[0], threads=0)
 
 
+def test_only_the_decoder_spins(tiny_bundle):
+    # Threads busy-waiting after the image encoder ran would take the cores from the first decode steps.
+    sessions = Captioner(tiny_bundle[0], threads=2).sessions
+
+    def spins(session) -> bool:
+        try:
+            return (
+                session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+                != "0"
+            )
+        except RuntimeError:  # not set: ONNX Runtime's default, spinning
+            return True
+
+    spinning = {name: spins(s) for name, s in sessions.items()}
+    assert spinning == {"image_encoder": False, "mapper": False, "decoder": True, "cache_reorder": False}
+
+
 def test_sampling_repeats_with_a_seed(captioner):
     images = [_image(i) for i in range(3)]
     a = captioner.caption(images, strategy="top_p", top_p=0.8, temperature=2.0, seed=11, max_new_tokens=8)
