@@ -17,26 +17,15 @@ whose patterns differ), the traced graph is kept and the manifest says why.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 from pathlib import Path
+
+from clipcap.export.onnx_export import quiet_logger
 
 log = logging.getLogger(__name__)
 
 # One protobuf file holds at most 2 GB; larger graphs are left as traced.
 _PROTOBUF_LIMIT = 2**31 - 2**26
-
-
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def fuse_transformer(path: Path) -> str:
@@ -48,7 +37,9 @@ def fuse_transformer(path: Path) -> str:
         from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
         model = ir.load(path)
-        with _quiet("onnxscript"):  # its optimizer warns about folds it skips, which change nothing here
+        with quiet_logger(
+            "onnxscript"
+        ):  # its optimizer warns about folds it skips, which change nothing here
             model, counts = optimize_for_ort(model)
         fused = path.with_suffix(".fusing.onnx")
         ir.save(model, fused)

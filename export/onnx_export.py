@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -19,6 +21,18 @@ DEFAULT_OPSET = 18
 
 class ExportError(ClipCapError, RuntimeError):
     """Tracing, conversion or verification failed: the bundle was not written."""
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str) -> Iterator[None]:
+    """Only errors from logger ``name`` while inside."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:
@@ -38,7 +52,9 @@ def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> Non
 
     log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log), warnings.catch_warnings():
+        # The exporter prints its progress and onnxscript's optimizer logs folds it skips: neither
+        # is the user's concern; a failure is reported below.
+        with contextlib.redirect_stdout(log), warnings.catch_warnings(), quiet_logger("onnxscript"):
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 spec.module.eval(),
