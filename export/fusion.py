@@ -1,15 +1,17 @@
 """Transformer fusions for ONNX Runtime, made by onnxscript's rewriter on the traced graph.
 
 torch.onnx's dynamo exporter spells GPT-2 out in small operators: per layer, attention is about
-fifteen (reshapes and transposes of q, k and v, a scaled MatMul, the mask, Softmax, ...), the
-residual adds and LayerNorms two more pairs, the tanh GELU five. On the CPU a decode step of GPT-2
-small is ~560 operators, and ONNX Runtime spends a fixed cost on each whatever its size: in an int8
-step, where the weights take ~5 ms to read, the small operators took another third of the time.
+fifteen (reshapes and transposes of q, k and v, the KV-cache concatenation, a scaled MatMul, the
+mask, Softmax, ...), the residual adds and LayerNorms two more pairs, the tanh GELU five: 589
+operators a step for GPT-2 small. ONNX Runtime spends a fixed cost on each whatever its size, which
+matters where the weights are small: an int8 step took 5.1 ms where reading its weights takes ~4.
 
 onnxscript's ``optimize_for_ort`` (the rewriter written for graphs this exporter makes) folds them
-into ONNX Runtime's contrib operators: scaled_dot_product_attention -> MultiHeadAttention, add +
-LayerNorm -> SkipLayerNormalization, tanh GELU -> FastGelu. The result has ~330 operators. The
-fused graph is verified against PyTorch like any other (fp32: the same captions, token for token).
+into ONNX Runtime's contrib operators: attention with its cache -> MultiHeadAttention (taking
+``past_key_values.*``, writing ``present.*``), add + LayerNorm -> SkipLayerNormalization, tanh GELU
+-> FastGelu: 167 operators. Measured on 2 cores, one decode step: int8 5.1 -> 3.9 ms, int4 4.9 ->
+3.7 ms, fp32 18.3 -> 17.5 ms. The fused graph is verified against PyTorch like any other (fp32: the
+same captions, token for token).
 
 Fusion is an optimisation, never a requirement: when the rewriter fails (an onnxscript release
 whose patterns differ), the traced graph is kept and the manifest says why.
@@ -37,9 +39,8 @@ def fuse_transformer(path: Path) -> str:
         from onnxscript.rewriter.ort_fusions import optimize_for_ort
 
         model = ir.load(path)
-        with quiet_logger(
-            "onnxscript"
-        ):  # its optimizer warns about folds it skips, which change nothing here
+        # onnxscript's optimizer warns about constant folds it skips; they change nothing here.
+        with quiet_logger("onnxscript"):
             model, counts = optimize_for_ort(model)
         fused = path.with_suffix(".fusing.onnx")
         ir.save(model, fused)
