@@ -18,14 +18,12 @@ The two variants share GPT-2 and CLIP: both are drawn first from the same seed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
-import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -138,7 +136,8 @@ class Assets:
         import torch
         from safetensors.torch import load_file, save_file
 
-        from clipcap.clip import open_clip_encoder
+        from clipcap.clip import NO_PRETRAINED, open_clip_encoder
+        from clipcap.logs import drop_root_records
 
         config = None
         if self.spec.clip_config is not None:
@@ -148,7 +147,7 @@ class Assets:
                 _write_atomic(config, json.dumps(self.spec.clip_config))
         weights = self.clip_dir / "visual.safetensors"
         torch.manual_seed(self.seed)
-        with quiet_logs("No pretrained weights loaded"):  # random, then the cached weights if any
+        with drop_root_records(NO_PRETRAINED):  # random, then the cached weights if any
             encoder = open_clip_encoder(self.spec.clip, None, model_config=config)
         if weights.is_file():
             encoder.visual.load_state_dict(load_file(str(weights)))
@@ -179,16 +178,15 @@ class Assets:
             from clipcap.export.bundle import export_bundle
 
             self.say(f"      exporting the {self.spec.variant} model to an ONNX bundle ({precision})")
-            with quiet_logs("Please consider to run pre-processing"):  # ONNX Runtime's quantizer
-                export_bundle(
-                    model if model is not None else self.model(),
-                    encoder if encoder is not None else self.encoder(),
-                    path,
-                    precision=precision,
-                    verify=False,
-                    force=True,
-                    progress=lambda _: None,
-                )
+            export_bundle(
+                model if model is not None else self.model(),
+                encoder if encoder is not None else self.encoder(),
+                path,
+                precision=precision,
+                verify=False,
+                force=True,
+                progress=lambda _: None,
+            )
         return path
 
     def hf_gpt2_dir(self, model=None) -> Path:
@@ -228,21 +226,6 @@ def hf_gpt2(model):
     hf.generation_config.bos_token_id = None
     hf.generation_config.pad_token_id = 0
     return hf.eval()
-
-
-@contextlib.contextmanager
-def quiet_logs(*prefixes: str) -> Iterator[None]:
-    """Drop log records starting with ``prefixes`` (warnings that are expected here and say nothing)."""
-
-    def keep(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(prefixes)
-
-    root = logging.getLogger()
-    root.addFilter(keep)
-    try:
-        yield
-    finally:
-        root.removeFilter(keep)
 
 
 def make_images(n: int, seed: int = 0) -> list:

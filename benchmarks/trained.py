@@ -65,7 +65,6 @@ def read_demo(directory: Path) -> dict[str, Any]:
 
 def trained_agreement(directory: Path, precisions: Sequence[str], threads: int, say: Say) -> dict[str, Any]:
     """{variant: {...}} for every variant the demo trained, at each precision in ``precisions``."""
-    from clipcap.benchmarks.models import quiet_logs
     from clipcap.export.bundle import export_bundle
 
     from clipcap.checkpoints import load_checkpoint
@@ -96,15 +95,14 @@ def trained_agreement(directory: Path, precisions: Sequence[str], threads: int, 
             say(f"[{variant}] trained model at {precision}: export, caption {len(paths)} held-out pictures")
             with tempfile.TemporaryDirectory(prefix="clipcap-bench-trained-", dir=directory) as tmp:
                 bundle = Path(tmp) / "bundle"
-                with quiet_logs("Please consider to run pre-processing"):  # ONNX Runtime's quantizer
-                    export_bundle(
-                        model,
-                        encoder,
-                        bundle,
-                        precision=precision,
-                        tokenizer=tokenizer,
-                        progress=lambda _: None,
-                    )
+                export_bundle(
+                    model,
+                    encoder,
+                    bundle,
+                    precision=precision,
+                    tokenizer=tokenizer,
+                    progress=lambda _: None,
+                )
                 got = _caption(bundle, paths, threads)
                 size = sum(p.stat().st_size for p in bundle.iterdir())
             result = compare([c.tokens for c in reference], [c.tokens for c in got])

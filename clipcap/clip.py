@@ -16,19 +16,20 @@ torch is needed to import this module; open_clip and transformers only by the ba
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
-import logging
 import os
 import warnings
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from clipcap.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipSpec, Preprocessing
 from clipcap.errors import CheckpointError, ConfigError, missing_dependency
+from clipcap.logs import drop_root_records
+
+# open_clip's notice when a model is built without weights (logged on the root logger).
+NO_PRETRAINED = "No pretrained weights loaded"
 
 try:
     import torch
@@ -191,7 +192,9 @@ def open_clip_encoder(
         # open_clip loads weights with torch.load(weights_only=True), which refuses TorchScript
         # archives. Build the architecture, then copy the archive's weights in (torch.jit.load does not
         # unpickle arbitrary Python objects).
-        with _quiet_random_init_warning():
+        # open_clip logs "No pretrained weights loaded ... initialized randomly": untrue here, the
+        # archive's weights are copied in right after.
+        with drop_root_records(NO_PRETRAINED):
             model = open_clip.create_model(model_name, pretrained=None, **activation)
         _load_torchscript_weights(model, weights_file, model_name)
     else:
@@ -270,21 +273,6 @@ def _existing_weights_file(open_clip: Any, model_name: str, pretrained: str) -> 
         f"{pretrained!r} is neither a pretrained tag of open_clip {model_name!r} nor an existing file "
         f"(its tags: {', '.join(tags) if tags else 'none'})"
     )
-
-
-@contextlib.contextmanager
-def _quiet_random_init_warning() -> Iterator[None]:
-    # create_model(pretrained=None) logs "No pretrained weights loaded ... initialized randomly" on the
-    # root logger; untrue here, since the weights are copied in right after.
-    def drop(record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("No pretrained weights loaded")
-
-    root = logging.getLogger()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
 
 
 def _load_torchscript_weights(model: torch.nn.Module, path: Path, model_name: str) -> None:

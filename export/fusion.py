@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from clipcap.export.onnx_export import quiet_logger
+from clipcap.logs import quiet_logger
 
 log = logging.getLogger(__name__)
 

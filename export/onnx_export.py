@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -15,24 +13,13 @@ import torch
 from clipcap.export.graphs import GraphSpec
 
 from clipcap.errors import ClipCapError
+from clipcap.logs import quiet_logger
 
 DEFAULT_OPSET = 18
 
 
 class ExportError(ClipCapError, RuntimeError):
     """Tracing, conversion or verification failed: the bundle was not written."""
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str) -> Iterator[None]:
-    """Only errors from logger ``name`` while inside."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:
