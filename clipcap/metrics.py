@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipcap.errors import ClipCapError, ConfigError, missing_dependency
+from clipcap.errors import ConfigError, JavaError, MetricSkipped, missing_dependency
 
 log = logging.getLogger(__name__)
 
@@ -254,14 +254,6 @@ def _scorers() -> tuple[type, type, type]:
 
 
 # --- Java ---------------------------------------------------------------------------------------
-
-
-class JavaError(ClipCapError, RuntimeError):
-    """A Java program (a tokenizer or scorer) failed to start, crashed or did not answer in time."""
-
-
-class MetricSkipped(ClipCapError):
-    """A metric cannot run here; the message says why (it goes into Scores.skipped)."""
 
 
 @functools.lru_cache(maxsize=1)

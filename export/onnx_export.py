@@ -12,14 +12,10 @@ import onnx
 import torch
 from clipcap.export.graphs import GraphSpec
 
-from clipcap.errors import ClipCapError
+from clipcap.errors import ExportError
 from clipcap.logs import quiet_logger
 
 DEFAULT_OPSET = 18
-
-
-class ExportError(ClipCapError, RuntimeError):
-    """Tracing, conversion or verification failed: the bundle was not written."""
 
 
 def export_graph(spec: GraphSpec, path: Path, opset: int = DEFAULT_OPSET) -> None:

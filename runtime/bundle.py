@@ -15,7 +15,7 @@ from typing import Any
 import onnxruntime as ort
 
 from clipcap.config import Preprocessing
-from clipcap.errors import ConfigError, MissingDependencyError
+from clipcap.errors import BundleError, ConfigError, MissingDependencyError
 from clipcap.manifest import read_manifest, sha256_file
 
 log = logging.getLogger(__name__)
@@ -23,10 +23,6 @@ log = logging.getLogger(__name__)
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 GRAPHS = ("image_encoder", "mapper", "decoder")
-
-
-class BundleError(ConfigError):
-    """A bundle file is missing, altered or corrupt."""
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
-from clipcap.errors import ClipCapError
+from clipcap.errors import ImageError
 
 __all__ = ["ImageError", "ImageSource", "load_image"]
 
@@ -46,14 +46,6 @@ ImageSource = str | os.PathLike[str] | bytes | bytearray | memoryview | IO[bytes
 _ACCEPTED = (
     "a file path, bytes, a binary file object, a PIL image, or an H×W×3 (or H×W grayscale) uint8 numpy array"
 )
-
-
-class ImageError(ClipCapError, ValueError):
-    """An image input cannot be used: missing, empty, not an image, corrupt, too large, wrong type.
-
-    The message names the input (a path, or a short description such as ``<bytes, 123 bytes>``)
-    and says what is wrong and, where there is one, the fix.
-    """
 
 
 def load_image(source: ImageSource, *, exif_transpose: bool = True) -> Image.Image:
