@@ -7,11 +7,16 @@ TRANSFORMERS_COMPAT := 4.57.6
 
 .PHONY: demo test test-runtime test-compat ci lint clean bench-venv
 
+# setuptools' editable finder always prints an informational notice ("be careful with folders in
+# your working directory with the same name as your package"), whatever the project; only the
+# editable builds filter UserWarnings, so everything else setuptools says still shows.
+QUIET_BUILD := ignore::UserWarning
+
 # The dev venv: every extra, the package editable. Rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS=$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
 # The whole chain offline (~5 min on 2 cores): see `clipcap demo --help`.
@@ -58,7 +63,7 @@ COMPAT_TESTS := tests/test_gpt2.py tests/test_checkpoints.py tests/test_clip.py 
 test-compat:
 	test -x .venv-compat/bin/python || $(PYTHON) -m venv .venv-compat
 	.venv-compat/bin/python -m pip install --quiet --upgrade pip
-	.venv-compat/bin/python -m pip install --quiet -e '.[dev]' 'transformers==$(TRANSFORMERS_COMPAT)'
+	PYTHONWARNINGS=$(QUIET_BUILD) .venv-compat/bin/python -m pip install --quiet -e '.[dev]' 'transformers==$(TRANSFORMERS_COMPAT)'
 	.venv-compat/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_COMPAT)'"
 	.venv-compat/bin/python -m pytest -q -m "not slow" $(COMPAT_TESTS)
 

@@ -7,7 +7,7 @@ caption, and records a :class:`~clipcap.benchmarks.timing.Run`.
 - ``pytorch``: PyTorch eager with a KV cache, what most users would write: the CLIP image tower,
   the ClipCap mapper, then transformers' ``GPT2LMHeadModel.generate(inputs_embeds=prefix)``
   holding the same GPT-2 weights.
-- ``pytorch-nocache``: the original ClipCap's loop (``clipcap.generate.generate_nocache``): one
+- ``pytorch-nocache``: the original ClipCap's loop (``clipcap.models.generate.generate_nocache``): one
   picture at a time, the whole sequence through GPT-2 again at every step.
 - ``optimum``: optimum's ONNX Runtime GPT-2 (``ORTModelForCausalLM``), run by
   ``benchmarks/optimum_worker.py`` in its own venv (``benchmarks/.venv-optimum``: optimum pins
@@ -272,7 +272,7 @@ class PyTorchNoCacheBackend(_TorchBase):
     name = "pytorch-nocache"
 
     def caption(self, images: Sequence[Any]) -> Run:
-        from clipcap.generate import generate_nocache
+        from clipcap.models.generate import generate_nocache
 
         torch = self.torch
         run = Run(batch=len(images), steps=self.new_tokens - 1)

@@ -19,7 +19,6 @@ The two variants share GPT-2 and CLIP: both are drawn first from the same seed.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import shutil
 import tempfile
@@ -33,6 +32,7 @@ import numpy as np
 from clipcap import __version__
 from clipcap.config import ClipCapConfig, GPT2Config, MapperConfig
 from clipcap.errors import ConfigError
+from clipcap.machine import package_version
 
 Say = Callable[[str], None]
 
@@ -116,8 +116,8 @@ class Assets:
         if not (path / "config.json").is_file():
             import torch
 
-            from clipcap.checkpoints import save_checkpoint
-            from clipcap.model import ClipCapModel
+            from clipcap.models.checkpoints import save_checkpoint
+            from clipcap.models.model import ClipCapModel
 
             self.say(f"      making the {self.spec.size} {self.spec.variant} model (random weights)")
             torch.manual_seed(self.seed)  # GPT-2 is drawn first: the same for both variants
@@ -127,7 +127,7 @@ class Assets:
         return path
 
     def model(self):
-        from clipcap.checkpoints import load_checkpoint
+        from clipcap.models.checkpoints import load_checkpoint
 
         return load_checkpoint(self.checkpoint)
 
@@ -136,8 +136,8 @@ class Assets:
         import torch
         from safetensors.torch import load_file, save_file
 
-        from clipcap.clip import NO_PRETRAINED, open_clip_encoder
         from clipcap.logs import drop_root_records
+        from clipcap.models.clip import NO_PRETRAINED, open_clip_encoder
 
         config = None
         if self.spec.clip_config is not None:
@@ -164,7 +164,9 @@ class Assets:
     def bundle_path(self, precision: str) -> Path:
         # What makes a bundle: the exporter's libraries and our export code itself (a change to the
         # graphs or their fusions must not be measured on a bundle the old code wrote).
-        makers = [_version(d) for d in ("torch", "onnxruntime", "onnx", "onnxscript")] + [_export_code()]
+        makers = [package_version(d) for d in ("torch", "onnxruntime", "onnx", "onnxscript")] + [
+            _export_code()
+        ]
         return self.directory / f"bundle-{precision}-{_hash(makers)}"
 
     def has_bundle(self, precision: str) -> bool:
@@ -194,7 +196,7 @@ class Assets:
         model's GPT-2 weights, for optimum."""
         path = self.cache_dir / f"hf-gpt2-{self.spec.size}-{self.gpt2_key}"
         if not (path / "model.safetensors").is_file():
-            from clipcap.pretrain import save_hf_gpt2
+            from clipcap.demo.pretrain import save_hf_gpt2
             from clipcap.tokenizer import load_tokenizer
 
             self.say("      writing the Hugging Face GPT-2 directory for optimum")
@@ -251,13 +253,6 @@ def _export_code() -> str:
     for path in sorted(Path(clipcap.export.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 class _atomic_dir:

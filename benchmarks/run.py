@@ -9,7 +9,6 @@ backends, and the report (JSON, markdown, plot). Progress goes to stderr, one li
 from __future__ import annotations
 
 import gc
-import importlib.metadata
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ from clipcap.benchmarks.options import BenchOptions
 from clipcap.benchmarks.timing import Summary
 
 from clipcap.errors import ConfigError, missing_dependency
+from clipcap.machine import cpu_name, memory_bytes, package_version
 
 Say = Callable[[str], None]
 
@@ -366,7 +366,7 @@ def describe_machine(options: BenchOptions, bandwidth: dict[str, float]) -> dict
         "read_bandwidth_array_bytes": bandwidth["array_bytes"],
         "read_bandwidth_method": bandwidth["method"],
         "last_level_cache_bytes": last_level_cache_bytes(),
-        "memory_bytes": _memory_bytes(),
+        "memory_bytes": memory_bytes(),
         "gpu": gpu,
         "gpu_read_gbps": None,
         "os": platform.platform(),
@@ -374,9 +374,9 @@ def describe_machine(options: BenchOptions, bandwidth: dict[str, float]) -> dict
         "onnxruntime": onnxruntime.__version__,
         "onnxruntime_providers": onnxruntime.get_available_providers(),
         "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "numpy": _version("numpy"),
-        "clipcap_onnx": _version("clipcap-onnx"),
+        "transformers": package_version("transformers"),
+        "numpy": package_version("numpy"),
+        "clipcap_onnx": package_version("clipcap-onnx"),
     }
 
 
@@ -427,33 +427,6 @@ def reproduce_command(options: BenchOptions) -> str:
     if options.provider != "cpu":
         parts.append(f"--provider {options.provider}")
     return " ".join(parts)
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 BUSY_LOAD = 0.5  # the 1-minute load average above which the report warns that the numbers are noisy

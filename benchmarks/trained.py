@@ -27,7 +27,7 @@ def ensure_demo(directory: Path, say: Say) -> Path:
     """The demo folder at ``directory``, made by a full `clipcap demo` run when it has no report."""
     if (directory / "report.json").is_file():
         return directory
-    from clipcap.demo import run_demo
+    from clipcap.demo.run import run_demo
 
     say(f"trained models for the quantization check: clipcap demo --out {directory} (about 4 minutes)")
     run_demo(directory, say=lambda line: say(f"      {line}") if line.strip() else None)
@@ -67,9 +67,9 @@ def trained_agreement(directory: Path, precisions: Sequence[str], threads: int, 
     """{variant: {...}} for every variant the demo trained, at each precision in ``precisions``."""
     from clipcap.export.bundle import export_bundle
 
-    from clipcap.checkpoints import load_checkpoint
-    from clipcap.clip import open_clip_encoder
-    from clipcap.metrics import exact_match
+    from clipcap.eval.metrics import exact_match
+    from clipcap.models.checkpoints import load_checkpoint
+    from clipcap.models.clip import open_clip_encoder
 
     demo = read_demo(directory)
     clip = demo["base_models"]["clip"]

@@ -7,7 +7,6 @@ reference generation) are imported on first use, so a runtime-only install works
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any
 
 from clipcap.config import ClipCapConfig, ClipSpec, GPT2Config, MapperConfig, Preprocessing
@@ -16,22 +15,13 @@ from clipcap.options import DecodingOptions
 
 __version__ = "0.1.0"
 
-# clipcap.export and clipcap.runtime live in the top-level folders export/ and runtime/; installs
-# map them there with setuptools' package-dir. In a source checkout without an install, let the
-# same import names find them.
-_checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isfile(os.path.join(_checkout, "pyproject.toml")) and os.path.isfile(
-    os.path.join(_checkout, "runtime", "__init__.py")
-):
-    __path__.append(_checkout)
-
 # name -> module, imported on first access (they need torch).
 _LAZY = {
-    "ClipCapModel": "clipcap.model",
-    "load_checkpoint": "clipcap.checkpoints",
-    "save_checkpoint": "clipcap.checkpoints",
-    "detect_format": "clipcap.checkpoints",
-    "generate": "clipcap.generate",
+    "ClipCapModel": "clipcap.models.model",
+    "load_checkpoint": "clipcap.models.checkpoints",
+    "save_checkpoint": "clipcap.models.checkpoints",
+    "detect_format": "clipcap.models.checkpoints",
+    "generate": "clipcap.models.generate",
 }
 
 

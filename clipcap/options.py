@@ -1,6 +1,6 @@
 """Decoding options: one frozen dataclass, validated in one place.
 
-Shared by the PyTorch reference (`clipcap.generate`) and the ONNX runtime, so both read the same
+Shared by the PyTorch reference (`clipcap.models.generate`) and the ONNX runtime, so both read the same
 options the same way. No heavy imports.
 """
 

@@ -9,7 +9,6 @@ renamed into place only when everything passed.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import json
 import shutil
 import sys
@@ -27,8 +26,8 @@ from clipcap.export.precision import convert, io_dtype, optimize
 from clipcap.export.verify import check_graph, check_greedy, format_table, session
 
 from clipcap import __version__
-from clipcap.clip import ImageEncoder
 from clipcap.errors import ConfigError
+from clipcap.machine import package_version
 from clipcap.manifest import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -38,7 +37,8 @@ from clipcap.manifest import (
     sha256_file,
     write_manifest,
 )
-from clipcap.model import ClipCapModel
+from clipcap.models.clip import ImageEncoder
+from clipcap.models.model import ClipCapModel
 from clipcap.tokenizer import load_tokenizer
 
 Progress = Callable[[str], None]
@@ -211,7 +211,7 @@ def _manifest(
             for spec in specs
         },
         "versions": {
-            name: _version(name)
+            name: package_version(name)
             for name in ("torch", "transformers", "open_clip_torch", "onnx", "onnxruntime", "onnxscript")
         },
         "files": {
@@ -221,13 +221,6 @@ def _manifest(
         },
         "verification": verification,
     }
-
-
-def _version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _move_into_place(work: Path, out: Path) -> None:

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from clipcap.clip import ImageEncoder
 from clipcap.manifest import TensorSpec
-from clipcap.model import ClipCapModel
+from clipcap.models.clip import ImageEncoder
+from clipcap.models.model import ClipCapModel
 
 Inputs = tuple  # positional inputs of a graph's module, in TensorSpec order (the decoder's past as a list)
 

@@ -19,8 +19,8 @@ import torch
 from clipcap.export.graphs import TOLERANCES, GraphSpec
 from clipcap.export.precision import io_dtype
 
-from clipcap.generate import generate
-from clipcap.model import ClipCapModel
+from clipcap.models.generate import generate
+from clipcap.models.model import ClipCapModel
 
 GREEDY_TOKENS = 20  # per caption; enough to show divergence, short enough for full-size models
 

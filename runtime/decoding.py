@@ -1,6 +1,6 @@
 """Decoding strategies on numpy logits, driving a KV-cached decoder through a small interface.
 
-The same semantics as the PyTorch reference (``clipcap/generate.py``, whose docstring states them),
+The same semantics as the PyTorch reference (``clipcap/models/generate.py``, whose docstring states them),
 written once more on numpy so the runtime needs no torch: greedy, top-k and top-p sampling, beam
 search with a length-penalty ranker. Shaped like whisper's decoding.py: a selector per strategy, a
 beam-search decoder, one function assembling them. The model side is the ``Inference`` protocol:

@@ -64,7 +64,7 @@ def tiny_clip_files(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_encoder(tiny_clip_files):
-    from clipcap.clip import open_clip_encoder
+    from clipcap.models.clip import open_clip_encoder
 
     config, weights = tiny_clip_files
     return open_clip_encoder("clipcap-tiny-clip", str(weights), model_config=config)
@@ -115,8 +115,8 @@ def original(request):
 def tiny_model():
     """A ClipCapModel (MLP mapper) loaded from an original-mlp state dict."""
     pytest.importorskip("transformers")
-    from clipcap.checkpoints import canonical_state_dict, infer_config
-    from clipcap.model import ClipCapModel
+    from clipcap.models.checkpoints import canonical_state_dict, infer_config
+    from clipcap.models.model import ClipCapModel
 
     original = make_original("original-mlp")
     sd = canonical_state_dict(original.state_dict(), "original-mlp")
@@ -131,8 +131,8 @@ def tiny_bundle(tiny_encoder, tmp_path_factory):
     pytest.importorskip("onnx")
     from clipcap.export.bundle import export_bundle
 
-    from clipcap.checkpoints import canonical_state_dict, infer_config
-    from clipcap.model import ClipCapModel
+    from clipcap.models.checkpoints import canonical_state_dict, infer_config
+    from clipcap.models.model import ClipCapModel
 
     original = make_original("original-mlp")
     sd = canonical_state_dict(original.state_dict(), "original-mlp")

@@ -1,7 +1,7 @@
 """Independent re-creations of the source projects' models, on Hugging Face's GPT2LMHeadModel.
 
 Written from the descriptions in ../shared/reference/clipcap-formats.md with the originals'
-module names, but computed differently from clipcap.mapper where it can be (explicit per-head
+module names, but computed differently from clipcap.models.mapper where it can be (explicit per-head
 loops), so the tests compare two implementations rather than one with itself. They produce state
 dicts with exactly the key names users' checkpoints have.
 """

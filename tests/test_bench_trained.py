@@ -22,7 +22,7 @@ def demo_dir(tiny_bundle, tiny_clip_files, tmp_path_factory):
     import numpy as np
     from PIL import Image
 
-    from clipcap.checkpoints import save_checkpoint
+    from clipcap.models.checkpoints import save_checkpoint
     from clipcap.tokenizer import packaged_tokenizer_path
 
     bundle, model, _ = tiny_bundle

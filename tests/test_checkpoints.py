@@ -10,14 +10,14 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("safetensors")
 
-from clipcap.checkpoints import (  # noqa: E402
+from clipcap.config import HF_VIT_B_32, OPENAI_VIT_B_32  # noqa: E402
+from clipcap.errors import CheckpointError  # noqa: E402
+from clipcap.models.checkpoints import (  # noqa: E402
     canonical_state_dict,
     detect_format,
     load_checkpoint,
     save_checkpoint,
 )
-from clipcap.config import HF_VIT_B_32, OPENAI_VIT_B_32  # noqa: E402
-from clipcap.errors import CheckpointError  # noqa: E402
 from clipcap.options import DecodingOptions  # noqa: E402
 from tests.conftest import TINY, make_original  # noqa: E402
 from tests.originals import add_legacy_buffers  # noqa: E402
@@ -249,7 +249,7 @@ def _torch_save(path, obj):
 
 
 def _own(tmp_path):
-    from clipcap.checkpoints import load_checkpoint as load
+    from clipcap.models.checkpoints import load_checkpoint as load
 
     model = load(_save(make_original("original-mlp"), tmp_path / "src.pt"), n_head=4)
     return save_checkpoint(model, tmp_path / "own")

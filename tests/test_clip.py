@@ -1,4 +1,4 @@
-"""clipcap.clip: each encoder gives exactly its library's own image embedding, on tiny random CLIPs."""
+"""clipcap.models.clip: each encoder gives exactly its library's own image embedding, on tiny random CLIPs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from clipcap.clip import (  # noqa: E402 - after the importorskip
+from clipcap.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipSpec  # noqa: E402
+from clipcap.errors import CheckpointError, ConfigError  # noqa: E402
+from clipcap.models.clip import (  # noqa: E402 - after the importorskip
     HFClipEncoder,
     OpenClipEncoder,
     hf_clip_encoder,
@@ -19,8 +21,6 @@ from clipcap.clip import (  # noqa: E402 - after the importorskip
     load_image_encoder,
     open_clip_encoder,
 )
-from clipcap.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipSpec  # noqa: E402
-from clipcap.errors import CheckpointError, ConfigError  # noqa: E402
 from tests.conftest import TINY_CLIP_CONFIG, TINY_CLIP_SIZE  # noqa: E402
 
 TINY = "clipcap-test-tiny-vit"  # registered with open_clip under this name, process-wide
@@ -436,7 +436,7 @@ def test_load_image_encoder_hf(hf_dir, hf_reference):
 
 
 def _preprocessing(cfg: dict[str, Any] | None, image_size: int = 224):
-    from clipcap.clip import _hf_preprocessing
+    from clipcap.models.clip import _hf_preprocessing
 
     return _hf_preprocessing(cfg, image_size)
 

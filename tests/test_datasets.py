@@ -1,4 +1,4 @@
-"""clipcap.datasets: each reader on tiny files; bad rows skipped and counted, never raised."""
+"""clipcap.data.datasets: each reader on tiny files; bad rows skipped and counted, never raised."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from clipcap.datasets import Example, read_coco, read_conceptual, read_dataset, read_folder
+from clipcap.data.datasets import Example, read_coco, read_conceptual, read_dataset, read_folder
 from clipcap.errors import ConfigError
 
 

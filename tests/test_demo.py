@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from clipcap.demo import FULL, QUICK, _contact_sheet, run_demo, summary_table
+from clipcap.demo.run import FULL, QUICK, _contact_sheet, run_demo, summary_table
 
 
 def _report(**overrides):
@@ -40,7 +40,7 @@ def test_summary_table_shows_missing_values_as_dashes():
 def test_contact_sheet_marks_wrong_captions(tmp_path):
     from PIL import Image
 
-    from clipcap.synthetic import write_dataset
+    from clipcap.demo.synthetic import write_dataset
 
     captions = write_dataset(tmp_path, 0, 0, 7, seed=1)
     test = [json.loads(line) for line in captions.read_text().splitlines()]

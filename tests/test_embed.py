@@ -1,4 +1,4 @@
-"""clipcap.embed and `clipcap embed`: counts, exact embeddings, resuming, refusals, the command line."""
+"""clipcap.data.embed and `clipcap embed`: counts, exact embeddings, resuming, refusals, the command line."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from clipcap.runtime.images import load_image  # noqa: E402
 from clipcap.runtime.preprocess import preprocess  # noqa: E402
 
 from clipcap.cli import main  # noqa: E402
-from clipcap.clip import ImageEncoder  # noqa: E402
-from clipcap.datasets import read_dataset  # noqa: E402
-from clipcap.embed import embed_dataset  # noqa: E402
-from clipcap.embeddings import load_embeddings  # noqa: E402
+from clipcap.data.datasets import read_dataset  # noqa: E402
+from clipcap.data.embed import embed_dataset  # noqa: E402
+from clipcap.data.embeddings import load_embeddings  # noqa: E402
 from clipcap.errors import ConfigError  # noqa: E402
+from clipcap.models.clip import ImageEncoder  # noqa: E402
 
 OUTPUT_FILES = ("embeddings.safetensors", "captions.jsonl", "meta.json", "skipped.jsonl")
 BAD = {"gone.png": "missing", "broken.png": "unreadable"}
@@ -234,12 +234,12 @@ def test_cli_embed_bad_rows_are_reported(dataset, clip_args, tmp_path, capsys):
 
 
 def test_cli_embed_interrupted(dataset, clip_args, tmp_path, capsys, monkeypatch):
-    import clipcap.embed
+    import clipcap.data.embed
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt("interrupted: 1 of 3 shards are saved; run the same command again to resume")
 
-    monkeypatch.setattr(clipcap.embed, "embed_dataset", interrupted)
+    monkeypatch.setattr(clipcap.data.embed, "embed_dataset", interrupted)
     args = ["embed", str(dataset / "captions.jsonl"), "--out", str(tmp_path / "o"), *clip_args]
     assert main(args) == 130
     assert "run the same command again to resume" in capsys.readouterr().err

@@ -14,7 +14,7 @@ pytest.importorskip("pycocoevalcap")
 
 from clipcap.cli import main
 from clipcap.errors import CheckpointError, ConfigError
-from clipcap.evaluate import (
+from clipcap.eval.evaluate import (
     caption_with_bundle,
     caption_with_checkpoint,
     evaluate,
@@ -27,7 +27,7 @@ from tests.test_metrics import CAPTIONS, OTHER_REFERENCES  # the scoring tests' 
 @pytest.fixture(scope="module")
 def embed_dir(tmp_path_factory):
     """A tiny embedding set: 3 train + 4 test rows of random TINY-sized CLIP embeddings, 2 captions each."""
-    from clipcap.embeddings import write_embeddings
+    from clipcap.data.embeddings import write_embeddings
 
     rng = np.random.default_rng(0)
     splits = ["train", "test", "train", "test", "test", "train", "test"]
@@ -46,7 +46,7 @@ def embed_dir(tmp_path_factory):
 
 @pytest.fixture
 def checkpoint_dir(tiny_model, tmp_path):
-    from clipcap.checkpoints import save_checkpoint
+    from clipcap.models.checkpoints import save_checkpoint
 
     return save_checkpoint(tiny_model, tmp_path / "checkpoint")
 
@@ -84,7 +84,7 @@ def test_caption_functions_take_arrays_and_models(tiny_bundle, tiny_model):
 
 
 def test_rows_are_chosen_by_split_and_limit(embed_dir):
-    from clipcap.embeddings import load_embeddings
+    from clipcap.data.embeddings import load_embeddings
 
     data = load_embeddings(embed_dir)
     assert len(select_rows(data, "all", None)) == 7
@@ -120,7 +120,7 @@ def test_cli_writes_predictions_and_scores(tiny_bundle, checkpoint_dir, embed_di
 def test_bundle_evaluation_needs_no_torch(tiny_bundle, embed_dir):
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "from clipcap.evaluate import evaluate\n"
+        "from clipcap.eval.evaluate import evaluate\n"
         f"r = evaluate({str(tiny_bundle[0])!r}, {str(embed_dir)!r}, java=False,"
         " overrides={'max_new_tokens': 3})\n"
         "print(r.scores.n)\n"
@@ -157,7 +157,7 @@ def test_cli_errors_are_one_line(tiny_bundle, embed_dir, tmp_path, capsys, args,
 
 
 def test_embeddings_of_another_width_are_refused(tiny_bundle, tmp_path):
-    from clipcap.embeddings import write_embeddings
+    from clipcap.data.embeddings import write_embeddings
 
     records = [{"image": "a.jpg", "captions": ["a dog"], "split": "test"}]
     data = write_embeddings(tmp_path / "wide", np.zeros((1, 48), np.float32), records)
@@ -167,7 +167,7 @@ def test_embeddings_of_another_width_are_refused(tiny_bundle, tmp_path):
 
 def test_embeddings_of_another_clip_are_warned_about(tiny_bundle, tmp_path, caplog):
     from clipcap.config import ClipSpec
-    from clipcap.embeddings import write_embeddings
+    from clipcap.data.embeddings import write_embeddings
 
     records = [{"image": "a.jpg", "captions": ["a dog"], "split": "test"}]
     clip = ClipSpec("open_clip", "ViT-B-16", "openai", TINY["clip_dim"])

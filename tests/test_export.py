@@ -16,11 +16,11 @@ pytest.importorskip("transformers")
 from clipcap.export.bundle import export_bundle  # noqa: E402
 from clipcap.export.onnx_export import ExportError  # noqa: E402
 
-from clipcap.checkpoints import canonical_state_dict, infer_config  # noqa: E402
 from clipcap.cli import main  # noqa: E402
 from clipcap.errors import ConfigError  # noqa: E402
 from clipcap.manifest import MANIFEST_NAME, read_manifest, sha256_file  # noqa: E402
-from clipcap.model import ClipCapModel  # noqa: E402
+from clipcap.models.checkpoints import canonical_state_dict, infer_config  # noqa: E402
+from clipcap.models.model import ClipCapModel  # noqa: E402
 from tests.conftest import FORMATS, TINY, make_original  # noqa: E402
 from tests.originals import spread_  # noqa: E402
 
@@ -56,7 +56,7 @@ def test_every_format_exports_verified(kind, tiny_encoder, tmp_path):
 
 
 def test_hugging_face_clip_exports(tiny_hf_clip_dir, tmp_path):
-    from clipcap.clip import hf_clip_encoder
+    from clipcap.models.clip import hf_clip_encoder
 
     encoder = hf_clip_encoder(str(tiny_hf_clip_dir))
     manifest = export_bundle(clipcap_model("seed"), encoder, tmp_path / "b", progress=lambda _: None)
@@ -320,8 +320,8 @@ def test_full_size_export(kind, clip, tmp_path):
     import transformers
     from safetensors.torch import save_file
 
-    from clipcap.checkpoints import load_checkpoint
-    from clipcap.clip import hf_clip_encoder, open_clip_encoder
+    from clipcap.models.checkpoints import load_checkpoint
+    from clipcap.models.clip import hf_clip_encoder, open_clip_encoder
 
     torch.manual_seed(0)
     if clip == "hf":
@@ -350,7 +350,7 @@ def test_full_size_export(kind, clip, tmp_path):
     # The runtime captions the full-size bundle exactly as PyTorch does, greedy and beam, batch 1 and 4.
     from clipcap.runtime import Captioner
 
-    from clipcap.generate import generate
+    from clipcap.models.generate import generate
 
     captioner = Captioner(tmp_path / "bundle")
     embeds = torch.randn(4, encoder.embed_dim, generator=torch.Generator().manual_seed(1))

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from clipcap.config import ClipCapConfig, GPT2Config, MapperConfig  # noqa: E402
 from clipcap.errors import ConfigError  # noqa: E402
-from clipcap.generate import (  # noqa: E402
+from clipcap.models.generate import (  # noqa: E402
     BeamSearch,
     generate,
     generate_nocache,

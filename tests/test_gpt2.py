@@ -1,4 +1,4 @@
-"""clipcap.gpt2 computes what Hugging Face's GPT2LMHeadModel computes, with the same weights."""
+"""clipcap.models.gpt2 computes what Hugging Face's GPT2LMHeadModel computes, with the same weights."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from clipcap.config import GPT2Config  # noqa: E402
-from clipcap.gpt2 import GPT2LMHead, gelu_new_reference, num_parameters  # noqa: E402
+from clipcap.models.gpt2 import GPT2LMHead, gelu_new_reference, num_parameters  # noqa: E402
 from tests.originals import hf_gpt2, spread_  # noqa: E402
 
 ATOL = 2e-5

@@ -16,13 +16,13 @@ import pytest
         "clipcap.cli",
         "clipcap.tokenizer",
         "clipcap.export",
-        "clipcap.datasets",
-        "clipcap.embeddings",
-        "clipcap.train_options",
-        "clipcap.evaluate",
-        "clipcap.metrics",
-        "clipcap.synthetic",
-        "clipcap.demo",
+        "clipcap.data.datasets",
+        "clipcap.data.embeddings",
+        "clipcap.train.options",
+        "clipcap.eval.evaluate",
+        "clipcap.eval.metrics",
+        "clipcap.demo.synthetic",
+        "clipcap.demo.run",
     ],
 )
 def test_light_modules_leave_torch_out(module):
@@ -36,7 +36,7 @@ def test_lazy_names_resolve():
     pytest.importorskip("torch")
     import clipcap
 
-    assert clipcap.load_checkpoint.__module__ == "clipcap.checkpoints"
+    assert clipcap.load_checkpoint.__module__ == "clipcap.models.checkpoints"
     assert clipcap.ClipCapModel.__name__ == "ClipCapModel"
     with pytest.raises(AttributeError):
         clipcap.no_such_thing  # noqa: B018

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("pycocoevalcap")
 
 from clipcap.errors import ConfigError
-from clipcap.metrics import (
+from clipcap.eval.metrics import (
     PUNCTUATIONS,
     TOKENIZER_JAVA,
     TOKENIZER_PYTHON,
@@ -229,7 +229,7 @@ def test_meteor_failure_is_a_skip_and_its_process_is_closed(monkeypatch):
 
 
 def test_java_is_required_when_asked(monkeypatch):
-    import clipcap.metrics as metrics_module
+    import clipcap.eval.metrics as metrics_module
 
     monkeypatch.setattr(metrics_module, "java_status", lambda: (False, "Java not found"))
     with pytest.raises(ConfigError, match="Java was required but cannot be used: Java not found"):

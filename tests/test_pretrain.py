@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from clipcap.config import GPT2Config  # noqa: E402
-from clipcap.pretrain import (  # noqa: E402
+from clipcap.demo.pretrain import (  # noqa: E402
     DEMO_CLIP_NAME,
     EOS,
     build_word_tokenizer,
@@ -74,7 +74,7 @@ def test_saved_gpt2_is_a_hugging_face_gpt2(tokenizer, tmp_path):
 
 
 def test_clip_learns_and_loads_as_an_open_clip_encoder(tmp_path):
-    from clipcap.clip import open_clip_encoder
+    from clipcap.models.clip import open_clip_encoder
 
     torch.manual_seed(0)
     pixels = torch.randn(8, 3, 32, 32)

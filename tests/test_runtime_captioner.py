@@ -18,7 +18,7 @@ from clipcap.runtime.preprocess import preprocess  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from clipcap.errors import ConfigError, MissingDependencyError  # noqa: E402
-from clipcap.generate import generate  # noqa: E402
+from clipcap.models.generate import generate  # noqa: E402
 
 
 def _image(seed: int, size=(48, 40)) -> np.ndarray:

@@ -11,7 +11,7 @@ ort = pytest.importorskip("onnxruntime")
 from clipcap.runtime.decoding import decode, log_probs, top_n  # noqa: E402
 from clipcap.runtime.inference import DecoderShape, IOBindingInference, NumpyInference  # noqa: E402
 
-from clipcap.generate import generate  # noqa: E402
+from clipcap.models.generate import generate  # noqa: E402
 from clipcap.options import DecodingOptions  # noqa: E402
 
 

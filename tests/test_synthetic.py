@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from clipcap.synthetic import COLOURS, IMAGE_SIZE, Scene, all_scenes, render, write_dataset
+from clipcap.demo.synthetic import COLOURS, IMAGE_SIZE, Scene, all_scenes, render, write_dataset
 
 
 def test_every_combination_once():

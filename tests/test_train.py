@@ -19,15 +19,15 @@ torch = pytest.importorskip("torch")
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from clipcap.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
 from clipcap.cli import main  # noqa: E402
 from clipcap.config import ClipSpec, GPT2Config  # noqa: E402
-from clipcap.embeddings import load_embeddings, write_embeddings  # noqa: E402
+from clipcap.data.embeddings import load_embeddings, write_embeddings  # noqa: E402
 from clipcap.errors import ConfigError  # noqa: E402
-from clipcap.gpt2 import GPT2LMHead  # noqa: E402
+from clipcap.models.checkpoints import load_checkpoint, save_checkpoint  # noqa: E402
+from clipcap.models.gpt2 import GPT2LMHead  # noqa: E402
 from clipcap.tokenizer import load_tokenizer  # noqa: E402
-from clipcap.train import TrainOptions, build_model, caption_loss, train  # noqa: E402
-from clipcap.train_data import IGNORE_INDEX, caption_data, load_gpt2  # noqa: E402
+from clipcap.train.data import IGNORE_INDEX, caption_data, load_gpt2  # noqa: E402
+from clipcap.train.loop import TrainOptions, build_model, caption_loss, train  # noqa: E402
 
 # "!" has id 0, a real word (as in GPT-2's vocabulary); EOS is the last id (as in GPT-2's).
 WORDS = ["!", "a", "the", "dog", "cat", "red", "blue", "ball", "runs", "sits", "on", "with", "grass"]
@@ -141,7 +141,7 @@ def assert_equal_weights(a, b) -> None:
 
 
 def test_mlp_learns_the_captions_and_to_stop(toy, tok, gpt, tmp_path):
-    from clipcap.generate import generate
+    from clipcap.models.generate import generate
 
     out = tmp_path / "run"
     result = train(opts(epochs=20), toy, gpt2=gpt, out=out, tokenizer=tok, progress=False)
@@ -247,7 +247,7 @@ def test_resume_equals_an_uninterrupted_run(toy, tok, gpt, tmp_path, monkeypatch
     assert a.step == 9
 
     # Interrupted after step 5 (in epoch 1); the newest checkpoint is step 4 (epoch 1, batch 1).
-    import clipcap.train as train_module
+    import clipcap.train.loop as train_module
 
     real_step = train_module._Run._train_step
 
@@ -436,7 +436,7 @@ def test_bad_inputs_are_config_errors(toy, tok, gpt, tmp_path):
 
 
 def test_the_batch_must_split_evenly_between_processes(toy, tok, gpt, tmp_path, monkeypatch):
-    from clipcap.train_env import Environment
+    from clipcap.train.env import Environment
 
     # As torchrun's third process would see it; refused before any collective call.
     monkeypatch.setattr(Environment, "setup", classmethod(lambda cls, device: cls(torch.device("cpu"), 3, 0)))

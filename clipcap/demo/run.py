@@ -1,7 +1,7 @@
 """`clipcap demo`: the whole chain on a fresh machine, offline — train, export, caption, measure.
 
-CLIP and GPT-2 weights cannot be downloaded here, so the demo makes small ones (clipcap.pretrain)
-on a synthetic captioned image set (clipcap.synthetic); everything after that is the real thing,
+CLIP and GPT-2 weights cannot be downloaded here, so the demo makes small ones (clipcap.demo.pretrain)
+on a synthetic captioned image set (clipcap.demo.synthetic); everything after that is the real thing,
 through the same functions the commands use:
 
     synthetic images + captions -> pre-train a small CLIP (open_clip) and a small GPT-2
@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from clipcap import machine
 from clipcap.errors import ConfigError
 
 VARIANTS = ("mlp", "transformer")
@@ -65,7 +66,7 @@ QUICK = DemoPlan(
     sheet_images=24,
 )
 
-# The small models. GPT-2: 4 layers of width 128 over a word-level vocabulary (clipcap.pretrain
+# The small models. GPT-2: 4 layers of width 128 over a word-level vocabulary (clipcap.demo.pretrain
 # says why); the mappers are the paper's with prefix 10, the transformer mapper has 4 layers.
 GPT2_SIZES = dict(n_positions=64, n_embd=128, n_layer=4, n_head=4)
 TRAIN_RECIPES: dict[str, dict[str, Any]] = {
@@ -169,7 +170,7 @@ def run_demo(
 
 
 def _synthesise(directory: Path, plan: DemoPlan, seed: int) -> Path:
-    from clipcap.synthetic import write_dataset
+    from clipcap.demo.synthetic import write_dataset
 
     return write_dataset(directory, plan.n_train, plan.n_val, plan.n_test, seed=seed)
 
@@ -181,12 +182,12 @@ def _records(captions_file: Path) -> list[dict[str, Any]]:
 def _pretrain_clip(directory: Path, captions_file: Path, plan: DemoPlan, seed: int):
     import torch
 
-    from clipcap.clip import open_clip_encoder
     from clipcap.config import Preprocessing
-    from clipcap.pretrain import DEMO_CLIP_NAME, demo_clip_config, pretrain_clip, save_clip
+    from clipcap.demo.pretrain import DEMO_CLIP_NAME, demo_clip_config, pretrain_clip, save_clip
+    from clipcap.demo.synthetic import IMAGE_SIZE
+    from clipcap.models.clip import open_clip_encoder
     from clipcap.runtime.images import load_image
     from clipcap.runtime.preprocess import preprocess
-    from clipcap.synthetic import IMAGE_SIZE
 
     train = [r for r in _records(captions_file) if r["split"] == "train"]
     images = [load_image(captions_file.parent / r["image"]) for r in train]
@@ -201,8 +202,8 @@ def _pretrain_clip(directory: Path, captions_file: Path, plan: DemoPlan, seed: i
 
 
 def _embed(directory: Path, captions_file: Path, encoder) -> Path:
-    from clipcap.datasets import read_dataset
-    from clipcap.embed import embed_dataset
+    from clipcap.data.datasets import read_dataset
+    from clipcap.data.embed import embed_dataset
 
     examples = read_dataset(captions_file).examples
     embed_dataset(
@@ -213,7 +214,7 @@ def _embed(directory: Path, captions_file: Path, encoder) -> Path:
 
 def _pretrain_gpt2(directory: Path, captions_file: Path, plan: DemoPlan, seed: int) -> tuple[Path, float]:
     from clipcap.config import GPT2Config
-    from clipcap.pretrain import build_word_tokenizer, heldout_perplexity, pretrain_gpt2, save_hf_gpt2
+    from clipcap.demo.pretrain import build_word_tokenizer, heldout_perplexity, pretrain_gpt2, save_hf_gpt2
 
     records = _records(captions_file)
     documents = [r["captions"] for r in records if r["split"] == "train"]
@@ -228,8 +229,8 @@ def _pretrain_gpt2(directory: Path, captions_file: Path, plan: DemoPlan, seed: i
 def _train(variant: str, epochs: int, embeddings: Path, gpt2_dir: Path, out: Path, seed: int):
     import shutil
 
-    from clipcap.train import train
-    from clipcap.train_options import TrainOptions
+    from clipcap.train.loop import train
+    from clipcap.train.options import TrainOptions
 
     shutil.rmtree(out, ignore_errors=True)  # a rerun of the demo starts its training afresh
     options = TrainOptions(variant=variant, epochs=epochs, seed=seed, **TRAIN_RECIPES[variant])
@@ -249,8 +250,8 @@ def _measure(variant: str, result: dict[str, Any], test: list[dict[str, Any]], e
     """Caption the held-out images with the runtime (and PyTorch), score them, time both one by one."""
     import torch
 
-    from clipcap.generate import generate
-    from clipcap.metrics import exact_match, score_captions
+    from clipcap.eval.metrics import exact_match, score_captions
+    from clipcap.models.generate import generate
     from clipcap.runtime import Captioner, load_image
     from clipcap.runtime.preprocess import preprocess
 
@@ -303,7 +304,7 @@ def _measure(variant: str, result: dict[str, Any], test: list[dict[str, Any]], e
 
 
 def _write_predictions(path: Path, test: list[dict[str, Any]], row: dict[str, Any]) -> Path:
-    from clipcap.metrics import normalize_caption
+    from clipcap.eval.metrics import normalize_caption
 
     lines = []
     for record, caption in zip(test, row["_predictions"], strict=True):
@@ -369,7 +370,7 @@ def _contact_sheet(path: Path, test: list[dict[str, Any]], rows: list[dict[str, 
     grey) when wrong; a picture some variant got wrong has a red frame."""
     from PIL import Image, ImageDraw
 
-    from clipcap.metrics import normalize_caption
+    from clipcap.eval.metrics import normalize_caption
 
     font = _font(12)
     thumb, cols, cell_w, line_h, pad = 128, 6, 300, 15, 6
@@ -439,10 +440,8 @@ def _machine() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from clipcap.benchmarks.run import cpu_name
-
     return {
-        "cpu": cpu_name(),
+        "cpu": machine.cpu_name(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from clipcap.gpt2 import KVCache
-from clipcap.model import ClipCapModel
+from clipcap.models.gpt2 import KVCache
+from clipcap.models.model import ClipCapModel
 from clipcap.options import GPT2_EOS, GPT2_PERIOD, DecodingOptions
 
 

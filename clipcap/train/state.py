@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from clipcap.checkpoints import save_checkpoint
 from clipcap.errors import ConfigError
-from clipcap.model import ClipCapModel
+from clipcap.models.checkpoints import save_checkpoint
+from clipcap.models.model import ClipCapModel
 
 STATE_FORMAT = "clipcap-train-state"
 STATE_VERSION = 1

@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev_out.add_argument("--json", metavar="FILE", help="write the scores, source, data and decoding options")
 
-    from clipcap.train_options import VARIANTS, TrainOptions  # torch-free
+    from clipcap.train.options import VARIANTS, TrainOptions  # torch-free
 
     trainer = _command(
         commands,
@@ -547,7 +547,7 @@ def _add_checkpoint_settings(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args):
-    from clipcap.checkpoints import load_checkpoint
+    from clipcap.models.checkpoints import load_checkpoint
 
     model = load_checkpoint(
         args.checkpoint,
@@ -584,8 +584,8 @@ def _gpt2_heads(value: str | None) -> int | None:
 
 def cmd_info(args) -> int:
     _require_torch()
-    from clipcap.checkpoints import describe
-    from clipcap.gpt2 import num_parameters
+    from clipcap.models.checkpoints import describe
+    from clipcap.models.gpt2 import num_parameters
 
     model = _load(args)
     if args.json:
@@ -601,7 +601,7 @@ def cmd_info(args) -> int:
 
 def cmd_convert(args) -> int:
     _require_torch()
-    from clipcap.checkpoints import save_checkpoint
+    from clipcap.models.checkpoints import save_checkpoint
 
     model = _load(args)
     out = save_checkpoint(model, args.out)
@@ -695,7 +695,7 @@ def _clip_encoder(args, default=None):
     Without --clip, ``default`` (a ClipSpec, e.g. a checkpoint's), with --clip-weights replacing its
     weights; one of the two is needed.
     """
-    from clipcap.clip import hf_clip_encoder, load_image_encoder, open_clip_encoder
+    from clipcap.models.clip import hf_clip_encoder, load_image_encoder, open_clip_encoder
 
     what = args.clip or (default and f"{default.model} ({default.pretrained})")
     # Absolute: the path is recorded in the embeddings' and then the checkpoint's CLIP spec, and
@@ -739,8 +739,8 @@ def _clip_encoder(args, default=None):
 
 def cmd_embed(args) -> int:
     _require_torch()
-    from clipcap.datasets import read_dataset
-    from clipcap.embed import check_destination, embed_dataset
+    from clipcap.data.datasets import read_dataset
+    from clipcap.data.embed import check_destination, embed_dataset
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: give a number of examples >= 1")
@@ -803,7 +803,7 @@ Examples:
 
 
 def cmd_eval(args) -> int:
-    from clipcap.evaluate import evaluate
+    from clipcap.eval.evaluate import evaluate
 
     if bool(args.bundle) == bool(args.checkpoint):
         raise ConfigError("give --bundle DIR or --checkpoint PATH (one of the two)")
@@ -890,7 +890,7 @@ def cmd_train(args) -> int:
     import os
 
     _require_torch()
-    from clipcap.train import TrainOptions, train
+    from clipcap.train.loop import TrainOptions, train
 
     if args.gpt2 is None and args.resume is None:
         raise ConfigError(
@@ -933,7 +933,7 @@ ones in red), OUT/bundle-mlp and OUT/bundle-transformer, which `clipcap caption`
 
 def cmd_demo(args) -> int:
     _require_torch()
-    from clipcap.demo import VARIANTS, run_demo
+    from clipcap.demo.run import VARIANTS, run_demo
 
     variants = VARIANTS if args.variant == "both" else (args.variant,)
     run_demo(args.out, quick=args.quick, variants=variants, seed=args.seed)

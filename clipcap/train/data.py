@@ -18,11 +18,11 @@ import torch
 from tokenizers import Tokenizer
 
 from clipcap.config import GPT2Config
-from clipcap.embeddings import EmbeddingSet, load_embeddings
+from clipcap.data.embeddings import EmbeddingSet, load_embeddings
 from clipcap.errors import ClipCapError, ConfigError
-from clipcap.gpt2 import GPT2LMHead
+from clipcap.models.gpt2 import GPT2LMHead
 from clipcap.tokenizer import TOKENIZER_FILE, load_tokenizer
-from clipcap.train_options import TrainOptions
+from clipcap.train.options import TrainOptions
 
 IGNORE_INDEX = -100  # labels of padding: cross_entropy skips them (never a real token id)
 
@@ -156,7 +156,7 @@ def load_gpt2(source: Any) -> tuple[GPT2LMHead, str]:
     if path.exists():
         if path.is_dir() and _is_hf_gpt2_dir(path):
             return _from_hf_dir(path), str(path)
-        from clipcap.checkpoints import load_checkpoint
+        from clipcap.models.checkpoints import load_checkpoint
 
         try:
             return load_checkpoint(path).gpt, str(path)

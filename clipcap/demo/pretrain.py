@@ -1,14 +1,14 @@
 """The demo's own small base models, since CLIP and GPT-2 weights cannot be downloaded here.
 
 ClipCap starts from a pre-trained CLIP and a pre-trained GPT-2. The offline demo makes small ones
-of the same architectures on its synthetic caption corpus (clipcap.synthetic), with the libraries
+of the same architectures on its synthetic caption corpus (clipcap.demo.synthetic), with the libraries
 the real ones come from:
 
 - CLIP: open_clip's CLIP class (a small ResNet image tower, open_clip's text transformer and BPE
   tokenizer), trained contrastively with open_clip's ClipLoss on image / canonical-caption pairs. A
   frozen random tower does not suffice: its pooled output keeps almost nothing of where shapes are
   or how many there are (a probe on it gets position right at chance level).
-- GPT-2: this project's GPT-2 (clipcap.gpt2) trained as a language model on the training
+- GPT-2: this project's GPT-2 (clipcap.models.gpt2) trained as a language model on the training
   pictures' captions (each picture's three captions one document, see pretrain_gpt2), with a
   word-level `tokenizers` tokenizer (the corpus has ~40 words; GPT-2's 50,257-token head would cost
   most of the demo's time budget for nothing). Saved as a Hugging Face GPT-2 directory
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from clipcap.config import GPT2Config
-from clipcap.gpt2 import GPT2LMHead
+from clipcap.models.gpt2 import GPT2LMHead
 
 EOS = "<|endoftext|>"
 UNK = "<unk>"

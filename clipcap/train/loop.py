@@ -30,13 +30,13 @@ from tokenizers import Tokenizer
 
 from clipcap import __version__
 from clipcap.config import ClipCapConfig, MapperConfig
-from clipcap.embeddings import EmbeddingSet
+from clipcap.data.embeddings import EmbeddingSet
 from clipcap.errors import ConfigError
-from clipcap.gpt2 import GPT2LMHead
-from clipcap.model import ClipCapModel
+from clipcap.models.gpt2 import GPT2LMHead
+from clipcap.models.model import ClipCapModel
 from clipcap.options import OWN_DEFAULTS
 from clipcap.tokenizer import EOS_TOKEN
-from clipcap.train_data import (
+from clipcap.train.data import (
     IGNORE_INDEX,
     Batch,
     caption_data,
@@ -46,9 +46,9 @@ from clipcap.train_data import (
     resolve_tokenizer,
     train_val_splits,
 )
-from clipcap.train_env import Environment, amp_dtype
-from clipcap.train_options import RESUMABLE_CHANGES, VARIANTS, TrainOptions
-from clipcap.train_state import (
+from clipcap.train.env import Environment, amp_dtype
+from clipcap.train.options import RESUMABLE_CHANGES, VARIANTS, TrainOptions
+from clipcap.train.state import (
     STATE_FORMAT,
     STATE_VERSION,
     checkpoint_name,
@@ -524,7 +524,7 @@ def _fmt(loss: float | None) -> str:
 
 
 def _model_from_checkpoint(path: Path, o: TrainOptions) -> ClipCapModel:
-    from clipcap.checkpoints import load_checkpoint
+    from clipcap.models.checkpoints import load_checkpoint
 
     loaded = load_checkpoint(path)
     model = ClipCapModel(loaded.config, dropout=o.dropout if o.trains_gpt2 else 0.0)

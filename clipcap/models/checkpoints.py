@@ -39,7 +39,7 @@ from clipcap.config import (
     MapperConfig,
 )
 from clipcap.errors import CheckpointError, ClipCapError
-from clipcap.model import ClipCapModel
+from clipcap.models.model import ClipCapModel
 from clipcap.options import ORIGINAL_DEFAULTS, SEED_DEFAULTS, DecodingOptions
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
 and preprocesses it with :func:`clipcap.runtime.preprocess.preprocess` under the encoder's own
 :class:`~clipcap.config.Preprocessing`: exactly what the ONNX runtime does to an image before its
 ``image_encoder.onnx``, so a mapper trained on these embeddings sees at training time what it will
-see at inference. The result is written with :func:`clipcap.embeddings.write_embeddings`.
+see at inference. The result is written with :func:`clipcap.data.embeddings.write_embeddings`.
 
 A missing image file (reason "missing") or one that cannot be decoded (reason "unreadable": corrupt,
 truncated, not an image, too large) is skipped, listed in ``skipped.jsonl`` beside the set and
@@ -36,11 +36,11 @@ from typing import Any
 
 import numpy as np
 
-from clipcap.clip import ImageEncoder
 from clipcap.config import ClipSpec, Preprocessing
-from clipcap.datasets import Example
-from clipcap.embeddings import CAPTIONS_FILE, EMBEDS_FILE, META_FILE, TENSOR_NAME, write_embeddings
+from clipcap.data.datasets import Example
+from clipcap.data.embeddings import CAPTIONS_FILE, EMBEDS_FILE, META_FILE, TENSOR_NAME, write_embeddings
 from clipcap.errors import ConfigError, missing_dependency
+from clipcap.models.clip import ImageEncoder
 from clipcap.runtime.images import ImageError, load_image
 from clipcap.runtime.preprocess import preprocess
 
@@ -97,8 +97,8 @@ def embed_dataset(
     """Embed every example's image with ``encoder`` and write the embedding set to ``out_dir``.
 
     Args:
-        examples: the images and their captions (:func:`clipcap.datasets.read_dataset`).
-        encoder: the CLIP image encoder (:mod:`clipcap.clip`); moved to ``device``.
+        examples: the images and their captions (:func:`clipcap.data.datasets.read_dataset`).
+        encoder: the CLIP image encoder (:mod:`clipcap.models.clip`); moved to ``device``.
         out_dir: the embedding-set directory (made if missing).
         batch_size: images per forward pass.
         shard_size: examples per resumable unit of work (see the module docstring).

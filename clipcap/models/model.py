@@ -1,7 +1,7 @@
 """ClipCap: a CLIP embedding -> mapping network -> prefix -> GPT-2.
 
 State-dict keys are the originals': ``clip_project.*`` for the mapper, ``gpt.*`` for GPT-2.
-The model knows nothing about decoding (see clipcap.generate).
+The model knows nothing about decoding (see clipcap.models.generate).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from clipcap.config import ClipCapConfig
-from clipcap.gpt2 import GPT2LMHead, KVCache
-from clipcap.mapper import build_mapper
+from clipcap.models.gpt2 import GPT2LMHead, KVCache
+from clipcap.models.mapper import build_mapper
 
 
 class ClipCapModel(nn.Module):

@@ -2,7 +2,7 @@
 
 Captioning with a bundle needs no PyTorch (ONNX Runtime only); a checkpoint captions with the
 PyTorch reference decoder, and an fp32 bundle's captions equal it token for token. The metrics
-are clipcap.metrics' (pycocoevalcap's scorers; see there for which need Java).
+are clipcap.eval.metrics' (pycocoevalcap's scorers; see there for which need Java).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from clipcap.embeddings import EmbeddingSet, load_embeddings
+from clipcap.data.embeddings import EmbeddingSet, load_embeddings
 from clipcap.errors import ConfigError, missing_dependency
-from clipcap.manifest import MANIFEST_NAME
-from clipcap.metrics import (  # noqa: F401 - re-exported: the scoring API lives in clipcap.metrics
+from clipcap.eval.metrics import (  # noqa: F401 - re-exported: the scoring API lives in clipcap.eval.metrics
     METRICS,
     Scores,
     exact_match,
     normalize_caption,
     score_captions,
 )
+from clipcap.manifest import MANIFEST_NAME
 from clipcap.options import DecodingOptions
 
 log = logging.getLogger(__name__)
@@ -75,16 +75,16 @@ def checkpoint_captioning(
     batch_size: int = 64,
     tokenizer: Any = None,
 ) -> Captioning:
-    """A checkpoint's captioner (PyTorch, clipcap.generate): its generation defaults, then ``overrides``.
+    """A checkpoint's captioner (PyTorch, clipcap.models.generate): its defaults, then ``overrides``.
 
     ``checkpoint``: a path load_checkpoint reads, or a loaded ClipCapModel (moved to ``device``; put
     in eval mode while it captions, then back). ``tokenizer``: a Tokenizer, a path, or None for
     the ``tokenizer.json`` beside the checkpoint when there is one, else the packaged GPT-2 one.
     """
     torch = _torch()
-    from clipcap.checkpoints import load_checkpoint
-    from clipcap.generate import generate
-    from clipcap.model import ClipCapModel
+    from clipcap.models.checkpoints import load_checkpoint
+    from clipcap.models.generate import generate
+    from clipcap.models.model import ClipCapModel
 
     _check_batch_size(batch_size)
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -142,7 +142,7 @@ def caption_with_checkpoint(
     batch_size: int = 64,
     tokenizer: Any = None,
 ) -> list[str]:
-    """Caption CLIP embeddings [N, D] with a checkpoint (PyTorch, clipcap.generate); the runtime's text."""
+    """Caption CLIP embeddings [N, D] with a checkpoint (PyTorch reference decoder); the runtime's text."""
     captioning = checkpoint_captioning(
         checkpoint, overrides, device=device, batch_size=batch_size, tokenizer=tokenizer
     )
