@@ -21,7 +21,7 @@ from typing import Any
 from clipcap.benchmarks.options import BenchOptions
 from clipcap.benchmarks.timing import Summary
 
-from clipcap.errors import ConfigError, missing_dependency
+from clipcap.errors import ConfigError, require
 from clipcap.machine import cpu_name, memory_bytes, package_version
 
 Say = Callable[[str], None]
@@ -455,10 +455,7 @@ def _check_outputs(options: BenchOptions) -> None:
         if path is not None and not path.parent.is_dir():
             raise ConfigError(f"{path}: no such directory {path.parent} to write into")
     if options.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError as e:
-            raise missing_dependency("matplotlib", "bench", e) from None
+        require("matplotlib", "bench")
 
 
 def _line(row: dict[str, Any]) -> str:

@@ -187,3 +187,21 @@ def test_prefix_embeds_entry_point(tiny_model, clip):
 def test_bad_embedding_shape_is_named(tiny_model):
     with pytest.raises(ValueError, match=r"shape \[batch, 32\], got \[2, 31\]"):
         tiny_model.prefix(torch.zeros(2, 31))
+
+
+@pytest.mark.parametrize("max_new_tokens", [1, 9])
+def test_greedy_equals_transformers_generate(tiny_model, clip, max_new_tokens):
+    """An oracle outside this project: transformers' own generate on the same GPT-2 weights."""
+    from clipcap.benchmarks.models import hf_gpt2
+
+    hf = hf_gpt2(tiny_model).eval()
+    with torch.no_grad():
+        prefix = tiny_model.prefix(clip)
+        out = hf.generate(
+            inputs_embeds=prefix,
+            attention_mask=torch.ones(prefix.shape[:2], dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+        )
+    expected = out[:, -max_new_tokens:].tolist()
+    assert greedy(tiny_model, clip, max_new_tokens=max_new_tokens, stop_token_ids=()) == expected

@@ -39,15 +39,12 @@ import numpy as np
 from clipcap.config import ClipSpec, Preprocessing
 from clipcap.data.datasets import Example
 from clipcap.data.embeddings import CAPTIONS_FILE, EMBEDS_FILE, META_FILE, TENSOR_NAME, write_embeddings
-from clipcap.errors import ConfigError, missing_dependency
+from clipcap.errors import ConfigError, require
 from clipcap.models.clip import ImageEncoder
 from clipcap.runtime.images import ImageError, load_image
 from clipcap.runtime.preprocess import preprocess
 
-try:
-    import torch
-except ImportError as e:
-    raise missing_dependency("torch", "export", e) from e
+torch = require("torch", "export")
 
 __all__ = ["EmbedSummary", "check_destination", "embed_dataset"]
 
@@ -287,10 +284,7 @@ class _Progress:
     """A tqdm bar over images, with the count skipped so far as its postfix."""
 
     def __init__(self, total: int, done: int, skipped: int, enabled: bool) -> None:
-        try:
-            from tqdm import tqdm
-        except ImportError as e:
-            raise missing_dependency("tqdm", "train", e) from None
+        tqdm = require("tqdm", "train").tqdm
         # disable=None: tqdm shows the bar on a terminal only, not in a redirected log.
         self.bar = tqdm(
             total=total,

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 
 from clipcap.config import ClipSpec, Preprocessing
-from clipcap.errors import ConfigError, missing_dependency
+from clipcap.errors import ConfigError, DataError, require
+from clipcap.jsonfile import read_versioned_json
 
 EMBEDDINGS_FORMAT = "clipcap-embeddings"
 EMBEDDINGS_VERSION = 1
@@ -123,17 +124,14 @@ def load_embeddings(directory: str | Path, split: str | Sequence[str] | None = N
             f"{directory}: not a complete embedding set ({META_FILE} is missing; an interrupted "
             f"`clipcap embed` resumes when run again); {hint}"
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{meta_path}: unreadable ({e}); run `clipcap embed` again") from None
-    if not isinstance(meta, dict) or meta.get("format") != EMBEDDINGS_FORMAT:
-        raise ConfigError(f"{meta_path}: not a {EMBEDDINGS_FORMAT} meta file; {hint}")
-    if meta.get("version") != EMBEDDINGS_VERSION:
-        raise ConfigError(
-            f"{meta_path}: embedding set version {meta.get('version')} is not supported "
-            f"(this clipcap-onnx reads {EMBEDDINGS_VERSION}); run `clipcap embed` again"
-        )
+    meta = read_versioned_json(
+        meta_path,
+        format=EMBEDDINGS_FORMAT,
+        version=EMBEDDINGS_VERSION,
+        what="embedding set",
+        fix="run `clipcap embed` again",
+        error=DataError,
+    )
     try:
         tensors = _safetensors_numpy().load_file(str(directory / EMBEDS_FILE))
         embeds = tensors[TENSOR_NAME]
@@ -197,8 +195,4 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _safetensors_numpy() -> Any:
-    try:
-        import safetensors.numpy
-    except ImportError as e:
-        raise missing_dependency("safetensors", "export", e) from None
-    return safetensors.numpy
+    return require("safetensors.numpy", "export")

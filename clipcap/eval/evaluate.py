@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from clipcap.data.embeddings import EmbeddingSet, load_embeddings
-from clipcap.errors import ConfigError, missing_dependency
+from clipcap.errors import ConfigError, require
 from clipcap.eval.metrics import (  # noqa: F401 - re-exported: the scoring API lives in clipcap.eval.metrics
     METRICS,
     Scores,
@@ -181,11 +181,7 @@ def _checkpoint_tokenizer(checkpoint: Any, tokenizer: Any, vocab_size: int) -> A
 
 
 def _torch() -> Any:
-    try:
-        import torch
-    except ImportError as e:
-        raise missing_dependency("PyTorch", "export", e) from None
-    return torch
+    return require("torch", "export")
 
 
 # --- Evaluation -------------------------------------------------------------------------------------

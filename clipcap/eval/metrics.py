@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipcap.errors import ConfigError, JavaError, MetricSkipped, missing_dependency
+from clipcap.errors import ConfigError, JavaError, MetricSkipped, require
 
 log = logging.getLogger(__name__)
 
@@ -244,13 +244,10 @@ def _wanted_metrics(metrics: Iterable[str] | None) -> set[str]:
 
 def _scorers() -> tuple[type, type, type]:
     """pycocoevalcap's Bleu, Rouge and Cider (an optional dependency: the train extra)."""
-    try:
-        from pycocoevalcap.bleu.bleu import Bleu
-        from pycocoevalcap.cider.cider import Cider
-        from pycocoevalcap.rouge.rouge import Rouge
-    except ImportError as e:
-        raise missing_dependency("pycocoevalcap", "train", e) from None
-    return Bleu, Rouge, Cider
+    bleu, cider, rouge = (
+        require(f"pycocoevalcap.{name}.{name}", "train") for name in ("bleu", "cider", "rouge")
+    )
+    return bleu.Bleu, rouge.Rouge, cider.Cider
 
 
 # --- Java ---------------------------------------------------------------------------------------
@@ -282,10 +279,7 @@ def _java_choice(java: bool | None) -> tuple[bool, str]:
 
 
 def _pycocoevalcap_dir() -> Path:
-    try:
-        import pycocoevalcap.tokenizer.ptbtokenizer as ptb
-    except ImportError as e:
-        raise missing_dependency("pycocoevalcap", "train", e) from None
+    ptb = require("pycocoevalcap.tokenizer.ptbtokenizer", "train")
     return Path(ptb.__file__).parent.parent
 
 

@@ -25,16 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from clipcap.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipSpec, Preprocessing
-from clipcap.errors import CheckpointError, ConfigError, missing_dependency
+from clipcap.errors import CheckpointError, ConfigError, require
 from clipcap.logs import drop_root_records
 
 # open_clip's notice when a model is built without weights (logged on the root logger).
 NO_PRETRAINED = "No pretrained weights loaded"
 
-try:
-    import torch
-except ImportError as e:
-    raise missing_dependency("torch", "export", e) from e
+torch = require("torch", "export")
 
 __all__ = [
     "HFClipEncoder",
@@ -234,11 +231,7 @@ def is_torchscript_archive(path: str | os.PathLike[str]) -> bool:
 
 
 def _import_open_clip() -> Any:
-    try:
-        import open_clip
-    except ImportError as e:
-        raise missing_dependency("open_clip_torch", "export", e) from e
-    return open_clip
+    return require("open_clip", "export", package="open_clip_torch")
 
 
 def _register_model_config(open_clip: Any, model_name: str, path: Path) -> None:
@@ -363,10 +356,7 @@ def hf_clip_encoder(name_or_path: str | os.PathLike[str]) -> HFClipEncoder:
             :class:`~clipcap.config.Preprocessing` cannot express.
         CheckpointError: weights that lack the vision tower or projection, or do not fit the config.
     """
-    try:
-        import transformers
-    except ImportError as e:
-        raise missing_dependency("transformers", "export", e) from e
+    transformers = require("transformers", "export")
 
     name = os.fspath(name_or_path)
     local = Path(name).expanduser()

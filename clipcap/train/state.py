@@ -28,7 +28,8 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from clipcap.errors import ConfigError
+from clipcap.errors import ConfigError, DataError
+from clipcap.jsonfile import read_versioned_json
 from clipcap.models.checkpoints import save_checkpoint
 from clipcap.models.model import ClipCapModel
 
@@ -119,16 +120,21 @@ def read_checkpoint_state(path: Path) -> tuple[dict[str, Any], dict[str, torch.T
     """trainer.json and trainer.safetensors of a checkpoint directory."""
     from safetensors.torch import load_file
 
+    fix = "resume from another checkpoint, or start again without --resume"
+    state = read_versioned_json(
+        path / STATE_JSON,
+        format=STATE_FORMAT,
+        version=STATE_VERSION,
+        what="training state",
+        fix=fix,
+        error=DataError,
+    )
     try:
-        state = json.loads((path / STATE_JSON).read_text())
         tensors = load_file(str(path / STATE_TENSORS))
     except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable training checkpoint ({type(e).__name__}: {e})") from None
-    if state.get("format") != STATE_FORMAT or state.get("version") != STATE_VERSION:
-        raise ConfigError(
-            f"{path / STATE_JSON}: not a {STATE_FORMAT} version {STATE_VERSION} file "
-            f"(format {state.get('format')!r}, version {state.get('version')!r})"
-        )
+        raise DataError(
+            f"{path / STATE_TENSORS}: unreadable training state ({type(e).__name__}: {e}); {fix}"
+        ) from None
     return state, tensors
 
 

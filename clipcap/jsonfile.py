@@ -1,0 +1,40 @@
+"""The project's versioned JSON files (bundle manifest, embedding-set meta, trainer state), read one
+way: present, parseable, an object, the right ``format``, a version this code reads. Torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from clipcap.errors import ClipCapError
+
+
+def read_versioned_json(
+    path: Path,
+    *,
+    format: str,
+    version: int,
+    version_key: str = "version",
+    what: str,
+    fix: str,
+    error: type[ClipCapError],
+) -> dict[str, Any]:
+    """``path`` parsed, or ``error`` naming the file, what is wrong and ``fix``.
+
+    ``what`` names the file for people ("bundle manifest"); ``fix`` is how to get a good one
+    ("export the bundle again").
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: unreadable {what} ({e}); {fix}") from None
+    if not isinstance(data, dict) or data.get("format") != format:
+        raise error(f"{path}: not a {format} file; {fix}")
+    if data.get(version_key) != version:
+        raise error(
+            f"{path}: {what} version {data.get(version_key)!r} is not supported "
+            f"(this clipcap-onnx reads version {version}); {fix}"
+        )
+    return data
