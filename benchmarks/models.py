@@ -31,7 +31,7 @@ import numpy as np
 
 from clipcap import __version__
 from clipcap.config import ClipCapConfig, GPT2Config, MapperConfig
-from clipcap.errors import ConfigError
+from clipcap.errors import OptionsError
 from clipcap.machine import package_version
 
 Say = Callable[[str], None]
@@ -86,7 +86,7 @@ def model_spec(variant: str, quick: bool = False) -> ModelSpec:
         )
         normalize = True  # as the released transformer model
     else:
-        raise ConfigError(f"unknown variant {variant!r}")
+        raise OptionsError(f"unknown variant {variant!r}")
     config = ClipCapConfig(gpt2=gpt2, mapper=mapper, normalize_prefix=normalize)
     return ModelSpec(
         variant,

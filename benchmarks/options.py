@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipcap.errors import ConfigError
+from clipcap.errors import OptionsError
 
 BACKENDS = ("onnxruntime", "pytorch", "pytorch-nocache", "optimum")
 VARIANTS = ("mlp", "transformer")
@@ -117,7 +117,7 @@ class BenchOptions:
                 f"(make one: clipcap demo --out {self.trained})"
             )
         if problems:
-            raise ConfigError("invalid benchmark options: " + "; ".join(problems))
+            raise OptionsError("invalid benchmark options: " + "; ".join(problems))
 
     @property
     def optimum(self) -> bool:
@@ -168,8 +168,8 @@ def parse_list(text: str | None, flag: str, kind: type = str) -> tuple | None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
     if not items:
-        raise ConfigError(f"{flag}: give a comma-separated list, got {text!r}")
+        raise OptionsError(f"{flag}: give a comma-separated list, got {text!r}")
     try:
         return tuple(kind(t) for t in items)
     except ValueError:
-        raise ConfigError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s") from None
+        raise OptionsError(f"{flag}: {text!r} is not a comma-separated list of {kind.__name__}s") from None

@@ -21,7 +21,7 @@ from typing import Any
 from clipcap.benchmarks.options import BenchOptions
 from clipcap.benchmarks.timing import Summary
 
-from clipcap.errors import ConfigError, require
+from clipcap.errors import OptionsError, require
 from clipcap.machine import cpu_name, memory_bytes, package_version
 
 Say = Callable[[str], None]
@@ -46,7 +46,7 @@ def run_bench(options: BenchOptions, say: Say | None = None) -> dict[str, Any]:
     torch.set_num_threads(options.threads)
     device = "cuda" if options.provider == "cuda" else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--provider cuda: PyTorch sees no CUDA device here")
+        raise OptionsError("--provider cuda: PyTorch sees no CUDA device here")
     say(f"measuring the memory read bandwidth ({options.threads} threads)")
     bandwidth = roofline.read_bandwidth(options.threads, repeats=3 if options.quick else 5)
     machine = describe_machine(options, bandwidth)
@@ -453,7 +453,7 @@ def _check_outputs(options: BenchOptions) -> None:
     """Fail before the long run, not after it: the output folders exist, matplotlib is there."""
     for path in (options.out, options.markdown, options.plot):
         if path is not None and not path.parent.is_dir():
-            raise ConfigError(f"{path}: no such directory {path.parent} to write into")
+            raise OptionsError(f"{path}: no such directory {path.parent} to write into")
     if options.plot is not None:
         require("matplotlib", "bench")
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from clipcap.errors import ConfigError
+from clipcap.errors import OptionsError
 
 Say = Callable[[str], None]
 
@@ -41,23 +41,23 @@ def read_demo(directory: Path) -> dict[str, Any]:
         variants = report["variants"]
         report["base_models"]["clip"]["weights"], report["base_models"]["gpt2"]["dir"]
     except FileNotFoundError:
-        raise ConfigError(
+        raise OptionsError(
             f"--trained {directory}: no report.json there; make one with `clipcap demo --out {directory}`"
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(
+        raise OptionsError(
             f"--trained {directory}: {path} is not a `clipcap demo` report ({type(e).__name__}: {e}); "
             f"run `clipcap demo --out {directory}` again"
         ) from None
     if report.get("mode") == "quick":
-        raise ConfigError(
+        raise OptionsError(
             f"--trained {directory}: a `clipcap demo --quick` run, whose models are barely trained; "
             "use a full demo (`clipcap demo --out DIR`)"
         )
     for row in variants:
         for key in ("checkpoint", "bundle", "predictions"):
             if not Path(row[key]).exists():
-                raise ConfigError(
+                raise OptionsError(
                     f"--trained {directory}: the demo's {key} {row[key]} is gone; run `clipcap demo` again"
                 )
     return report

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from clipcap.data.datasets import Example, read_coco, read_conceptual, read_dataset, read_folder
-from clipcap.errors import ConfigError
+from clipcap.errors import ConfigError, DataError
 
 
 def write_jsonl(path, rows):
@@ -94,10 +94,10 @@ def test_clipcap_train_caption_groups_by_image(tmp_path):
 
 def test_coco_of_another_shape_is_refused(tmp_path):
     (tmp_path / "x.json").write_text('{"annotations": []}')
-    with pytest.raises(ConfigError, match="Karpathy"):
+    with pytest.raises(DataError, match="Karpathy"):
         read_coco(tmp_path / "x.json")
     (tmp_path / "y.json").write_text("{not json")
-    with pytest.raises(ConfigError, match="not valid JSON"):
+    with pytest.raises(DataError, match="not valid JSON"):
         read_coco(tmp_path / "y.json")
 
 
@@ -180,7 +180,7 @@ def test_csv_with_optional_columns(tmp_path):
 
 def test_csv_without_the_columns_is_refused(tmp_path):
     (tmp_path / "c.csv").write_text("file,text\na.jpg,hi\n")
-    with pytest.raises(ConfigError, match=r"'image' and 'caption' columns.*file, text"):
+    with pytest.raises(DataError, match=r"'image' and 'caption' columns.*file, text"):
         read_dataset(tmp_path / "c.csv")
 
 
@@ -257,19 +257,19 @@ def test_auto_detection(tmp_path, name, content, found):
 
 def test_explicit_format_overrides_the_extension(tmp_path):
     (tmp_path / "cc.txt").write_text("x\thttp://u\n")
-    with pytest.raises(ConfigError, match="pass --format"):
+    with pytest.raises(DataError, match="pass --format"):
         read_dataset(tmp_path / "cc.txt")
     assert read_dataset(tmp_path / "cc.txt", format="conceptual").format == "conceptual"
 
 
 @pytest.mark.parametrize("name", ["missing.json", "missing.tsv", "missing.jsonl", "missing.csv"])
-def test_missing_file_is_a_config_error(tmp_path, name):
-    with pytest.raises(ConfigError, match=f"{name}: no such dataset file"):
+def test_missing_file_is_a_data_error(tmp_path, name):
+    with pytest.raises(DataError, match=f"{name}: no such dataset file"):
         read_dataset(tmp_path / name)
 
 
 def test_dataset_errors(tmp_path):
-    with pytest.raises(ConfigError, match=r"a directory without captions\.jsonl or captions\.csv"):
+    with pytest.raises(DataError, match=r"a directory without captions\.jsonl or captions\.csv"):
         read_dataset(tmp_path)
     with pytest.raises(ConfigError, match="choose one of"):
         read_dataset(tmp_path / "x.json", format="parquet")
@@ -277,5 +277,5 @@ def test_dataset_errors(tmp_path):
     with pytest.raises(ConfigError, match="--split test: only a Conceptual Captions TSV"):
         read_dataset(tmp_path / "d.jsonl", split="test")
     (tmp_path / "dir.json").mkdir()
-    with pytest.raises(ConfigError, match="not a file"):
+    with pytest.raises(DataError, match="not a file"):
         read_coco(tmp_path / "dir.json")

@@ -17,7 +17,7 @@ from clipcap.cli import main  # noqa: E402
 from clipcap.data.datasets import read_dataset  # noqa: E402
 from clipcap.data.embed import embed_dataset  # noqa: E402
 from clipcap.data.embeddings import load_embeddings  # noqa: E402
-from clipcap.errors import ConfigError  # noqa: E402
+from clipcap.errors import ConfigError, DataError  # noqa: E402
 from clipcap.models.clip import ImageEncoder  # noqa: E402
 
 OUTPUT_FILES = ("embeddings.safetensors", "captions.jsonl", "meta.json", "skipped.jsonl")
@@ -124,7 +124,7 @@ def test_interrupted_run_resumes_to_identical_files(reference, examples, tiny_en
         "shard-000000.safetensors",
     ]
     assert not (out / "meta.json").exists()
-    with pytest.raises(ConfigError, match=r"not a complete embedding set.*resumes when run again"):
+    with pytest.raises(DataError, match=r"not a complete embedding set.*resumes when run again"):
         load_embeddings(out)
 
     counting = CountingEncoder(tiny_encoder)

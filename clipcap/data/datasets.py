@@ -4,7 +4,7 @@ Each reader turns one dataset file into examples (an image path, its captions, a
 and never raises for a bad row: a malformed line, a missing field or an empty caption is skipped
 and counted in :attr:`ReadResult.skipped`, with the first few messages kept in
 :attr:`ReadResult.problems`, so that one bad row of a million does not stop `clipcap embed`. Only a
-dataset *file* that is missing, unreadable or of the wrong shape is a :class:`ConfigError`.
+dataset *file* that is missing, unreadable or of the wrong shape is a :class:`DataError`.
 
 Images are not opened here (that is `clipcap embed`'s job, which counts missing and corrupt ones),
 so reading is fast; a path may name a file that does not exist.
@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from clipcap.errors import ConfigError
+from clipcap.errors import DataError, OptionsError
 
 __all__ = [
     "FORMATS",
@@ -104,18 +104,18 @@ def read_dataset(
             each image's split themselves, so it is an error with them.
 
     Raises:
-        ConfigError: a missing or unreadable dataset file, an unknown format or extension, or a
+        DataError: a missing or unreadable dataset file, an unknown extension, or a
             file whose overall shape is not the format's.
     """
     if format not in FORMATS:
-        raise ConfigError(f"dataset format {format!r}: choose one of {', '.join(FORMATS)}")
+        raise OptionsError(f"dataset format {format!r}: choose one of {', '.join(FORMATS)}")
     path = Path(source).expanduser()
     if path.is_dir():
         path = _captions_file_in(path)
     if format == "auto":
         format = _format_from_extension(path)
     if split is not None and format != "conceptual":
-        raise ConfigError(
+        raise OptionsError(
             f"--split {split}: only a Conceptual Captions TSV takes one split for all its rows; "
             f"a {format} dataset names each image's split itself"
         )
@@ -156,7 +156,7 @@ def read_coco(path: str | Path, image_root: str | Path | None = None) -> ReadRes
         return _read_karpathy(data["images"], root)
     if isinstance(data, list):
         return _read_clipcap_coco(data, root)
-    raise ConfigError(
+    raise DataError(
         f"{path}: not a COCO captions file this reads: expected Karpathy's dataset_coco.json "
         '({"images": [...]}) or ClipCap\'s train_caption.json (a list of {"image_id", "caption"})'
     )
@@ -313,7 +313,7 @@ def read_folder(path: str | Path, image_root: str | Path | None = None) -> ReadR
         result = ReadResult([], format="folder-csv")
         rows = _csv_rows(path)
     else:
-        raise ConfigError(f"{path}: a folder dataset's captions file is .jsonl or .csv")
+        raise DataError(f"{path}: a folder dataset's captions file is .jsonl or .csv")
 
     merged: dict[Path, tuple[str, str, list[str]]] = {}  # image -> (image_id, split, captions)
     for where, row in rows:
@@ -382,7 +382,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
         reader = csv.DictReader(f)
         columns = reader.fieldnames or []
         if "image" not in columns or "caption" not in columns:
-            raise ConfigError(
+            raise DataError(
                 f"{path}: a captions CSV needs a header with 'image' and 'caption' columns "
                 f"(optional: split, image_id); its header is {', '.join(columns) or 'empty'}"
             )
@@ -391,7 +391,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                 # A short row gives None for its missing columns, which reads as a missing field.
                 yield f"{path.name} line {reader.line_num}", {k: row.get(k) for k in CSV_COLUMNS}
         except csv.Error as e:  # a quoting error leaves the reader lost: the rest cannot be trusted
-            raise ConfigError(f"{path} line {reader.line_num}: cannot be parsed as CSV ({e})") from None
+            raise DataError(f"{path} line {reader.line_num}: cannot be parsed as CSV ({e})") from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def _format_from_extension(path: Path) -> str:
     suffix = path.suffix.lower()
     formats = {".json": "coco", ".tsv": "conceptual", ".jsonl": "folder", ".csv": "folder"}
     if suffix not in formats:
-        raise ConfigError(
+        raise DataError(
             f"{path}: cannot tell the dataset format from the extension {suffix or '(none)'}; "
             "pass --format coco, conceptual or folder"
         )
@@ -413,16 +413,16 @@ def _captions_file_in(directory: Path) -> Path:
     for name in FOLDER_CAPTION_FILES:
         if (directory / name).is_file():
             return directory / name
-    raise ConfigError(
+    raise DataError(
         f"{directory}: a directory without {' or '.join(FOLDER_CAPTION_FILES)}; pass the dataset file itself"
     )
 
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise ConfigError(f"{path}: no such dataset file; check the path")
+        raise DataError(f"{path}: no such dataset file; check the path")
     if not path.is_file():
-        raise ConfigError(f"{path}: not a file; pass the dataset's captions file")
+        raise DataError(f"{path}: not a file; pass the dataset's captions file")
 
 
 def _read_json(path: Path) -> Any:
@@ -431,9 +431,9 @@ def _read_json(path: Path) -> Any:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be read ({e})") from None
+        raise DataError(f"{path}: cannot be read ({e})") from None
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e}); for JSON lines name the file .jsonl") from None
+        raise DataError(f"{path}: not valid JSON ({e}); for JSON lines name the file .jsonl") from None
 
 
 def _lines(path: Path) -> Iterator[str]:
@@ -444,7 +444,7 @@ def _lines(path: Path) -> Iterator[str]:
             for line in f:
                 yield line.rstrip("\r\n")
         except OSError as e:
-            raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+            raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 @contextlib.contextmanager
@@ -454,6 +454,6 @@ def _open_text(path: Path, newline: str) -> Iterator[TextIO]:
     try:
         f = open(path, encoding="utf-8-sig", errors="replace", newline=newline)  # noqa: SIM115 - with f below
     except OSError as e:
-        raise ConfigError(f"{path}: cannot be read ({e.strerror or e})") from None
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
     with f:
         yield f

@@ -39,7 +39,7 @@ import numpy as np
 from clipcap.config import ClipSpec, Preprocessing
 from clipcap.data.datasets import Example
 from clipcap.data.embeddings import CAPTIONS_FILE, EMBEDS_FILE, META_FILE, TENSOR_NAME, write_embeddings
-from clipcap.errors import ConfigError, require
+from clipcap.errors import OptionsError, require
 from clipcap.models.clip import ImageEncoder
 from clipcap.runtime.images import ImageError, load_image
 from clipcap.runtime.preprocess import preprocess
@@ -110,7 +110,7 @@ def embed_dataset(
         An :class:`EmbedSummary`.
 
     Raises:
-        ConfigError: no examples; bad sizes; an unusable device; ``out_dir`` already holds a complete
+        OptionsError: no examples; bad sizes; an unusable device; ``out_dir`` already holds a complete
             set, or an interrupted run for other inputs (unless ``force``); a damaged shard.
         KeyboardInterrupt: interrupted; the finished shards stay, and running the same call (the
             same command) again resumes. The message says so.
@@ -118,14 +118,14 @@ def embed_dataset(
     started = time.perf_counter()
     examples = list(examples)
     if not examples:
-        raise ConfigError("no examples to embed: the dataset has no usable rows")
+        raise OptionsError("no examples to embed: the dataset has no usable rows")
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+            raise OptionsError(f"{name} must be a whole number >= 1, got {value!r}")
     if workers is None:
         workers = min(8, os.cpu_count() or 1)
     if workers < 0:
-        raise ConfigError(f"workers must be >= 0, got {workers}")
+        raise OptionsError(f"workers must be >= 0, got {workers}")
 
     out_dir = Path(out_dir)
     torch_device = check_destination(out_dir, device=device, force=force)  # before --force removes anything
@@ -177,14 +177,14 @@ def embed_dataset(
 def check_destination(out_dir: str | Path, *, device: str = "cpu", force: bool = False) -> torch.device:
     """The checks :func:`embed_dataset` starts with, for a caller to make before loading CLIP.
 
-    Returns the torch device. Raises ConfigError: ``out_dir`` is a file, or holds a complete set
+    Returns the torch device. Raises OptionsError: ``out_dir`` is a file, or holds a complete set
     and ``force`` is off; ``device`` is not a usable torch device.
     """
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"{out_dir}: exists and is not a directory; pass another --out")
+        raise OptionsError(f"{out_dir}: exists and is not a directory; pass another --out")
     if not force and (out_dir / META_FILE).exists():
-        raise ConfigError(
+        raise OptionsError(
             f"{out_dir}: already holds a complete embedding set; pass --force to compute it again "
             "(it replaces the set), or another --out"
         )
@@ -340,7 +340,7 @@ def _start_or_resume(partial: Path, plan: dict[str, Any]) -> None:
     try:
         saved = json.loads(plan_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(
+        raise OptionsError(
             f"{plan_path}: unreadable ({e}); pass --force to discard the interrupted run and start over"
         ) from None
     if saved != plan:
@@ -352,7 +352,7 @@ def _start_or_resume(partial: Path, plan: dict[str, Any]) -> None:
             "version": "the plan version",
         }
         differs = [v for k, v in what.items() if not isinstance(saved, dict) or saved.get(k) != plan[k]]
-        raise ConfigError(
+        raise OptionsError(
             f"{out_dir} holds an interrupted run for other inputs ({', '.join(differs) or 'the plan'} "
             f"{'differs' if len(differs) == 1 else 'differ'}); pass --force to discard it and start over, "
             "or another --out"
@@ -414,8 +414,8 @@ def _merge_shards(
     return (np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)), records, skipped
 
 
-def _damaged(path: Path, problem: object) -> ConfigError:
-    return ConfigError(
+def _damaged(path: Path, problem: object) -> OptionsError:
+    return OptionsError(
         f"{path}: a damaged shard of an interrupted run ({problem}); pass --force to start over"
     )
 
@@ -433,15 +433,15 @@ def _torch_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, TypeError) as e:
-        raise ConfigError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
+        raise OptionsError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(
+            raise OptionsError(
                 f"--device {name}: CUDA is not available to this PyTorch (torch {torch.__version__}, "
                 f"CUDA build {torch.version.cuda or 'none'}); use --device cpu or a CUDA build of torch"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
+            raise OptionsError(
                 f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                 f"numbered from 0"
             )

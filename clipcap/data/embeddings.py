@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from clipcap.config import ClipSpec, Preprocessing
-from clipcap.errors import ConfigError, DataError, require
+from clipcap.errors import DataError, require
 from clipcap.jsonfile import read_versioned_json
 
 EMBEDDINGS_FORMAT = "clipcap-embeddings"
@@ -48,7 +48,7 @@ class EmbeddingSet:
 
     def __post_init__(self) -> None:
         if self.embeds.ndim != 2 or len(self.embeds) != len(self.records):
-            raise ConfigError(
+            raise DataError(
                 f"an embedding set needs embeddings [N, D] and N records; got {list(self.embeds.shape)} "
                 f"and {len(self.records)} records"
             )
@@ -117,10 +117,10 @@ def load_embeddings(directory: str | Path, split: str | Sequence[str] | None = N
     directory = Path(directory)
     hint = "make one with `clipcap embed`"
     if not directory.is_dir():
-        raise ConfigError(f"{directory}: no such embedding directory; {hint}")
+        raise DataError(f"{directory}: no such embedding directory; {hint}")
     meta_path = directory / META_FILE
     if not meta_path.is_file():
-        raise ConfigError(
+        raise DataError(
             f"{directory}: not a complete embedding set ({META_FILE} is missing; an interrupted "
             f"`clipcap embed` resumes when run again); {hint}"
         )
@@ -136,7 +136,7 @@ def load_embeddings(directory: str | Path, split: str | Sequence[str] | None = N
         tensors = _safetensors_numpy().load_file(str(directory / EMBEDS_FILE))
         embeds = tensors[TENSOR_NAME]
     except Exception as e:  # missing file, truncated header, wrong key: all the same to the user
-        raise ConfigError(
+        raise DataError(
             f"{directory / EMBEDS_FILE}: unreadable ({type(e).__name__}: {e}); run `clipcap embed` again"
         ) from None
     records = []
@@ -146,11 +146,9 @@ def load_embeddings(directory: str | Path, split: str | Sequence[str] | None = N
                 if line.strip():
                     records.append(json.loads(line))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(
-            f"{directory / CAPTIONS_FILE}: unreadable ({e}); run `clipcap embed` again"
-        ) from None
+        raise DataError(f"{directory / CAPTIONS_FILE}: unreadable ({e}); run `clipcap embed` again") from None
     if len(records) != len(embeds) or meta.get("count") != len(records):
-        raise ConfigError(
+        raise DataError(
             f"{directory}: {len(embeds)} embeddings, {len(records)} caption records and a count of "
             f"{meta.get('count')} disagree; run `clipcap embed` again"
         )
@@ -164,7 +162,7 @@ def load_embeddings(directory: str | Path, split: str | Sequence[str] | None = N
 def _record(r: dict[str, Any], i: int) -> dict[str, Any]:
     captions = r.get("captions")
     if not isinstance(captions, (list, tuple)) or not all(isinstance(c, str) for c in captions):
-        raise ConfigError(f"record {i}: 'captions' must be a list of strings, got {captions!r}")
+        raise DataError(f"record {i}: 'captions' must be a list of strings, got {captions!r}")
     return {
         "image": str(r.get("image", "")),
         "image_id": str(r.get("image_id", i)),
@@ -181,7 +179,7 @@ def _clip_spec(data: Any, path: Path) -> ClipSpec | None:
         data["preprocessing"] = Preprocessing(**data.get("preprocessing", {}))
         return ClipSpec(**data)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{path}: malformed 'clip' entry ({e})") from None
+        raise DataError(f"{path}: malformed 'clip' entry ({e})") from None
 
 
 def _write_text(path: Path, text: str) -> None:

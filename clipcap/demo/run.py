@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcap import machine
-from clipcap.errors import ConfigError
+from clipcap.errors import OptionsError
 
 VARIANTS = ("mlp", "transformer")
 
@@ -89,14 +89,14 @@ def run_demo(
     """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
     variants = tuple(variants)
     if not variants or any(v not in VARIANTS for v in variants):
-        raise ConfigError(
+        raise OptionsError(
             f"variants must be among {', '.join(VARIANTS)}, got {', '.join(variants) or 'none'}"
         )
     import torch
 
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a directory; choose another --out")
+        raise OptionsError(f"{out}: exists and is not a directory; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     plan = QUICK if quick else FULL
     say = say or _print

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from clipcap.data.embeddings import EmbeddingSet, load_embeddings
-from clipcap.errors import ConfigError, require
+from clipcap.errors import OptionsError, require
 from clipcap.eval.metrics import (  # noqa: F401 - re-exported: the scoring API lives in clipcap.eval.metrics
     METRICS,
     Scores,
@@ -88,17 +88,17 @@ def checkpoint_captioning(
 
     _check_batch_size(batch_size)
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r}: PyTorch sees no CUDA GPU here; use --device cpu")
+        raise OptionsError(f"device {device!r}: PyTorch sees no CUDA GPU here; use --device cpu")
     try:
         target = torch.device(device)
     except RuntimeError as e:
-        raise ConfigError(f"device {device!r} is not a PyTorch device ({e}); use cpu or cuda") from None
+        raise OptionsError(f"device {device!r} is not a PyTorch device ({e}); use cpu or cuda") from None
     model = checkpoint if isinstance(checkpoint, ClipCapModel) else load_checkpoint(checkpoint)
     tok = _checkpoint_tokenizer(checkpoint, tokenizer, model.config.gpt2.vocab_size)
     try:
         options = model.config.generation.replace(**dict(overrides or {}))
     except TypeError as e:
-        raise ConfigError(f"unknown decoding option: {e}") from None
+        raise OptionsError(f"unknown decoding option: {e}") from None
     options.check_context(model.prefix_length, model.config.gpt2.n_positions)
     model.to(target)
 
@@ -152,7 +152,7 @@ def caption_with_checkpoint(
 def _checked_embeds(embeds: np.ndarray, clip_dim: int, where: str = "the embeddings") -> np.ndarray:
     embeds = np.asarray(embeds)
     if embeds.ndim != 2 or embeds.shape[1] != clip_dim:
-        raise ConfigError(
+        raise OptionsError(
             f"{where} have shape {list(embeds.shape)} but the model takes [N, {clip_dim}] CLIP "
             "embeddings: embed the images with the CLIP the model was trained on"
         )
@@ -161,7 +161,7 @@ def _checked_embeds(embeds: np.ndarray, clip_dim: int, where: str = "the embeddi
 
 def _check_batch_size(batch_size: int) -> None:
     if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        raise OptionsError(f"batch_size must be >= 1, got {batch_size}")
 
 
 def _checkpoint_tokenizer(checkpoint: Any, tokenizer: Any, vocab_size: int) -> Any:
@@ -173,7 +173,7 @@ def _checkpoint_tokenizer(checkpoint: Any, tokenizer: Any, vocab_size: int) -> A
         tokenizer = beside if beside.is_file() else None
     tok = tokenizer if hasattr(tokenizer, "decode") else load_tokenizer(tokenizer)
     if tok.get_vocab_size() != vocab_size:
-        raise ConfigError(
+        raise OptionsError(
             f"the tokenizer has {tok.get_vocab_size()} tokens but GPT-2's vocabulary has {vocab_size}: "
             "pass the checkpoint's own tokenizer (--tokenizer)"
         )
@@ -258,7 +258,7 @@ def evaluate(
             source, overrides, device=device, batch_size=batch_size, tokenizer=tokenizer
         )
     else:
-        raise ConfigError(f"kind must be 'bundle' or 'checkpoint', got {kind!r}")
+        raise OptionsError(f"kind must be 'bundle' or 'checkpoint', got {kind!r}")
     _checked_embeds(data.embeds, captioning.clip_dim, f"the embeddings in {data_dir}")
     if data.clip is not None and _other_clip((data.clip.backend, data.clip.model), captioning.clip):
         log.warning(
@@ -287,16 +287,16 @@ def select_rows(
     chosen = data if "all" in names else data.split(*names)
     if len(chosen) == 0:
         have = ", ".join(f"{name} ({count})" for name, count in sorted(data.splits.items())) or "none"
-        raise ConfigError(
+        raise OptionsError(
             f"{where}: no rows in split {'/'.join(names)}; its splits are: {have} (or 'all' for every row)"
         )
     if limit is not None:
         if limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {limit}")
+            raise OptionsError(f"limit must be >= 1, got {limit}")
         chosen = EmbeddingSet(chosen.embeds[:limit], chosen.records[:limit], chosen.clip, chosen.meta)
     bare = [r["image"] or r["image_id"] for r in chosen.records if not r["captions"]]
     if bare:
-        raise ConfigError(
+        raise OptionsError(
             f"{where}: {len(bare)} of the chosen images have no reference captions (first: {bare[0]}); "
             "scoring needs at least one per image"
         )

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipcap.errors import ConfigError, JavaError, MetricSkipped, require
+from clipcap.errors import JavaError, MetricSkipped, OptionsError, require
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def score_captions(
             "not requested" in ``skipped``. Exact match is always computed.
 
     Raises:
-        ConfigError: no predictions, a different number of reference lists, an image without
+        OptionsError: no predictions, a different number of reference lists, an image without
             references, a caption that is not a string, an unknown metric, or java=True without Java.
     """
     predictions, references = _checked_captions(predictions, references)
@@ -150,7 +150,9 @@ def score_captions(
         gts[i] = tokenized[at : at + len(refs)]
         at += len(refs)
     if not any(r.split() for refs in gts.values() for r in refs):
-        raise ConfigError("no reference caption has a word left after tokenisation: nothing to score against")
+        raise OptionsError(
+            "no reference caption has a word left after tokenisation: nothing to score against"
+        )
 
     values: dict[str, float] = {}
     Bleu, Rouge, Cider = _scorers()
@@ -186,7 +188,7 @@ def score_captions(
 def exact_match(predictions: Sequence[str], references: Sequence[Sequence[str]]) -> float:
     """The fraction of predictions equal to one of their references, both :func:`normalize_caption`-ed."""
     if not predictions:
-        raise ConfigError("no predictions to compare")
+        raise OptionsError("no predictions to compare")
     hits = sum(
         normalize_caption(p) in {normalize_caption(r) for r in refs}
         for p, refs in zip(predictions, references, strict=True)
@@ -206,28 +208,28 @@ def _checked_captions(
     predictions: Sequence[str], references: Sequence[Sequence[str]]
 ) -> tuple[list[str], list[list[str]]]:
     if isinstance(predictions, str):
-        raise ConfigError("predictions must be a list of captions, not one string")
+        raise OptionsError("predictions must be a list of captions, not one string")
     predictions = list(predictions)
     if not predictions:
-        raise ConfigError("no predictions to score: give at least one caption")
+        raise OptionsError("no predictions to score: give at least one caption")
     references = list(references)
     if len(predictions) != len(references):
-        raise ConfigError(
+        raise OptionsError(
             f"{len(predictions)} predictions but {len(references)} reference lists: "
             "give one list of reference captions per prediction"
         )
     for i, p in enumerate(predictions):
         if not isinstance(p, str):
-            raise ConfigError(f"prediction {i} is not a string: {p!r}")
+            raise OptionsError(f"prediction {i} is not a string: {p!r}")
     checked = []
     for i, refs in enumerate(references):
         if isinstance(refs, str) or not all(isinstance(r, str) for r in refs):
-            raise ConfigError(
+            raise OptionsError(
                 f"references[{i}] must be a list of caption strings, got {refs!r} "
                 "(one list per prediction, even for a single reference)"
             )
         if not refs:
-            raise ConfigError(f"prediction {i} has no reference captions; every image needs at least one")
+            raise OptionsError(f"prediction {i} has no reference captions; every image needs at least one")
         checked.append(list(refs))
     return predictions, checked
 
@@ -238,7 +240,7 @@ def _wanted_metrics(metrics: Iterable[str] | None) -> set[str]:
     wanted = {metrics} if isinstance(metrics, str) else set(metrics)
     unknown = sorted(wanted - set(METRICS))
     if unknown:
-        raise ConfigError(f"unknown metric(s) {', '.join(unknown)}: choose among {', '.join(METRICS)}")
+        raise OptionsError(f"unknown metric(s) {', '.join(unknown)}: choose among {', '.join(METRICS)}")
     return wanted
 
 
@@ -274,7 +276,7 @@ def _java_choice(java: bool | None) -> tuple[bool, str]:
         return False, "Java not used (java=False / --no-java)"
     usable, line = java_status()
     if java is True and not usable:
-        raise ConfigError(f"Java was required but cannot be used: {line}")
+        raise OptionsError(f"Java was required but cannot be used: {line}")
     return usable, line
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcap.config import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ClipSpec, Preprocessing
-from clipcap.errors import CheckpointError, ConfigError, require
+from clipcap.errors import CheckpointError, OptionsError, require
 from clipcap.logs import drop_root_records
 
 # open_clip's notice when a model is built without weights (logged on the root logger).
@@ -140,7 +140,7 @@ def open_clip_encoder(
     "local-dir:" model left to its own config), so :func:`load_image_encoder` rebuilds the same encoder.
 
     Raises:
-        ConfigError: unknown model name or tag, missing weights or config file.
+        OptionsError: unknown model name or tag, missing weights or config file.
         CheckpointError: a weights file that does not fit the architecture.
     """
     open_clip = _import_open_clip()
@@ -150,12 +150,12 @@ def open_clip_encoder(
     if model_config is not None:
         _register_model_config(open_clip, model_name, Path(model_config))
     if not has_schema and open_clip.get_model_config(model_name) is None:
-        raise ConfigError(
+        raise OptionsError(
             f"unknown open_clip model {model_name!r} (see open_clip.list_models()); for an architecture "
             f"open_clip does not ship, pass model_config=<{model_name}.json>"
         )
     if has_schema and pretrained is not None:
-        raise ConfigError(
+        raise OptionsError(
             f"{model_name!r} brings its own weights; pretrained must be None, got {pretrained!r}"
         )
 
@@ -236,16 +236,16 @@ def _import_open_clip() -> Any:
 
 def _register_model_config(open_clip: Any, model_name: str, path: Path) -> None:
     if not path.is_file():
-        raise ConfigError(f"open_clip model config not found: {path}")
+        raise OptionsError(f"open_clip model config not found: {path}")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read open_clip model config {path}: {e}") from None
+        raise OptionsError(f"cannot read open_clip model config {path}: {e}") from None
     # open_clip silently skips a file without these keys; say so instead.
     if not isinstance(config, dict) or not all(k in config for k in ("embed_dim", "vision_cfg", "text_cfg")):
-        raise ConfigError(f"{path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
+        raise OptionsError(f"{path} is not an open_clip model config (needs embed_dim, vision_cfg, text_cfg)")
     if path.stem != model_name:
-        raise ConfigError(
+        raise OptionsError(
             f"open_clip registers a model config under its file name: {path.name} defines {path.stem!r}, "
             f"not {model_name!r}"
         )
@@ -260,9 +260,9 @@ def _existing_weights_file(open_clip: Any, model_name: str, pretrained: str) -> 
         return path
     looks_like_path = path.suffix != "" or any(sep in pretrained for sep in ("/", "\\", "~"))
     if looks_like_path:
-        raise ConfigError(f"CLIP weights file not found: {pretrained}")
+        raise OptionsError(f"CLIP weights file not found: {pretrained}")
     tags = open_clip.list_pretrained_tags_by_model(model_name)
-    raise ConfigError(
+    raise OptionsError(
         f"{pretrained!r} is neither a pretrained tag of open_clip {model_name!r} nor an existing file "
         f"(its tags: {', '.join(tags) if tags else 'none'})"
     )
@@ -312,7 +312,9 @@ def _square(size: int | tuple[int, ...] | list[int], what: str) -> int:
         return size
     if len(size) == 2 and size[0] == size[1]:
         return int(size[0])
-    raise ConfigError(f"{what} {tuple(size)} is not square; ClipCap's preprocessing takes square images only")
+    raise OptionsError(
+        f"{what} {tuple(size)} is not square; ClipCap's preprocessing takes square images only"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -352,7 +354,7 @@ def hf_clip_encoder(name_or_path: str | os.PathLike[str]) -> HFClipEncoder:
     CLIP's defaults at the vision tower's image size.
 
     Raises:
-        ConfigError: a missing directory, a model that is not CLIP, or a preprocessor config that
+        OptionsError: a missing directory, a model that is not CLIP, or a preprocessor config that
             :class:`~clipcap.config.Preprocessing` cannot express.
         CheckpointError: weights that lack the vision tower or projection, or do not fit the config.
     """
@@ -363,9 +365,11 @@ def hf_clip_encoder(name_or_path: str | os.PathLike[str]) -> HFClipEncoder:
     if local.is_dir():
         name = str(local)
     elif local.exists():
-        raise ConfigError(f"{name} is a file; a Hugging Face CLIP is a save_pretrained directory or a hub id")
+        raise OptionsError(
+            f"{name} is a file; a Hugging Face CLIP is a save_pretrained directory or a hub id"
+        )
     elif name.startswith(("/", ".", "~")) or name.count("/") > 1:  # a path, not an "org/name" hub id
-        raise ConfigError(f"Hugging Face CLIP directory not found: {name}")
+        raise OptionsError(f"Hugging Face CLIP directory not found: {name}")
 
     config = transformers.AutoConfig.from_pretrained(name)
     if isinstance(config, transformers.CLIPConfig):
@@ -376,7 +380,7 @@ def hf_clip_encoder(name_or_path: str | os.PathLike[str]) -> HFClipEncoder:
     elif isinstance(config, transformers.CLIPVisionConfig):
         vision_config = config
     else:
-        raise ConfigError(f"{name} is not a CLIP model (model_type {config.model_type!r})")
+        raise OptionsError(f"{name} is not a CLIP model (model_type {config.model_type!r})")
 
     try:
         model, info = _vision_model_class(transformers).from_pretrained(
@@ -426,9 +430,9 @@ def _read_preprocessor_config(name: str) -> dict[str, Any] | None:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"cannot read {path}: {e}") from None
+        raise OptionsError(f"cannot read {path}: {e}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} is not a JSON object")
+        raise OptionsError(f"{path} is not a JSON object")
     return data
 
 
@@ -437,8 +441,8 @@ def _hf_preprocessing(cfg: dict[str, Any] | None, image_size: int) -> Preprocess
     if cfg is None:
         return Preprocessing(image_size, convention="hf")
 
-    def refuse(what: str) -> ConfigError:
-        return ConfigError(f"preprocessor_config.json {what}, which clipcap's Preprocessing cannot express")
+    def refuse(what: str) -> OptionsError:
+        return OptionsError(f"preprocessor_config.json {what}, which clipcap's Preprocessing cannot express")
 
     for flag in ("do_resize", "do_rescale", "do_normalize"):
         if not cfg.get(flag, True):
@@ -488,12 +492,12 @@ def load_image_encoder(spec: ClipSpec, *, model_config: str | os.PathLike[str] |
     equal ``spec.embed_dim``, the size the checkpoint's mapper takes.
 
     Raises:
-        ConfigError: an open_clip spec without weights, ``model_config`` for a Hugging Face spec, or an
+        OptionsError: an open_clip spec without weights, ``model_config`` for a Hugging Face spec, or an
             embedding size other than ``spec.embed_dim``; and whatever the backend raises.
     """
     if spec.backend == "open_clip":
         if spec.pretrained is None:
-            raise ConfigError(
+            raise OptionsError(
                 f"clip.pretrained is not set for open_clip {spec.model!r}: name a pretrained tag or a "
                 "weights file, or the encoder would have random weights"
             )
@@ -502,12 +506,12 @@ def load_image_encoder(spec: ClipSpec, *, model_config: str | os.PathLike[str] |
         )
     else:
         if model_config is not None:
-            raise ConfigError("model_config is an open_clip model config; a Hugging Face CLIP needs none")
+            raise OptionsError("model_config is an open_clip model config; a Hugging Face CLIP needs none")
         encoder = hf_clip_encoder(spec.model)
 
     if encoder.embed_dim != spec.embed_dim:
         source = spec.model if spec.pretrained is None else f"{spec.model} ({spec.pretrained})"
-        raise ConfigError(
+        raise OptionsError(
             f"the CLIP {source} gives {encoder.embed_dim}-d embeddings but the spec says {spec.embed_dim}-d: "
             "the checkpoint was trained on a different CLIP"
         )

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from clipcap.config import GPT2Config
 from clipcap.data.embeddings import EmbeddingSet, load_embeddings
-from clipcap.errors import ClipCapError, ConfigError
+from clipcap.errors import ClipCapError, OptionsError
 from clipcap.models.gpt2 import GPT2LMHead
 from clipcap.tokenizer import TOKENIZER_FILE, load_tokenizer
 from clipcap.train.options import TrainOptions
@@ -126,7 +126,7 @@ def train_val_splits(data: Any, o: TrainOptions) -> tuple[EmbeddingSet, Embeddin
     train_set = data.split(o.train_split)
     if len(train_set) == 0:
         have = ", ".join(f"{k} ({v})" for k, v in sorted(data.splits.items())) or "none"
-        raise ConfigError(
+        raise OptionsError(
             f"the embedding set has no {o.train_split!r} rows to train on (its splits: {have}); "
             "choose one with train_split (--train-split)"
         )
@@ -151,7 +151,7 @@ def load_gpt2(source: Any) -> tuple[GPT2LMHead, str]:
     if isinstance(source, torch.nn.Module) and hasattr(source, "config"):
         return _from_transformers(source), f"{type(source).__name__} instance"
     if not isinstance(source, (str, Path)):
-        raise ConfigError(f"gpt2 must be a name, a path or a GPT-2 model, got {type(source).__name__}")
+        raise OptionsError(f"gpt2 must be a name, a path or a GPT-2 model, got {type(source).__name__}")
     path = Path(source).expanduser()
     if path.exists():
         if path.is_dir() and _is_hf_gpt2_dir(path):
@@ -161,12 +161,12 @@ def load_gpt2(source: Any) -> tuple[GPT2LMHead, str]:
         try:
             return load_checkpoint(path).gpt, str(path)
         except ClipCapError as e:
-            raise ConfigError(
+            raise OptionsError(
                 f"gpt2 {path}: neither a Hugging Face GPT-2 directory (config.json + model.safetensors "
                 f"or pytorch_model.bin) nor a readable ClipCap checkpoint ({e})"
             ) from None
     if path.suffix in (".pt", ".pth", ".bin", ".safetensors") or str(source).startswith((".", "/", "~")):
-        raise ConfigError(f"gpt2 {source}: no such file or directory")
+        raise OptionsError(f"gpt2 {source}: no such file or directory")
     return _from_hub(str(source)), str(source)
 
 
@@ -182,7 +182,7 @@ def _gpt2_config(c: dict[str, Any], where: str) -> GPT2Config:
     activation = c.get("activation_function", "gelu_new")
     inner = c.get("n_inner")
     if activation != "gelu_new" or inner not in (None, 4 * c.get("n_embd", 0)):
-        raise ConfigError(
+        raise OptionsError(
             f"{where}: activation_function={activation!r}, n_inner={inner!r}; this GPT-2 implementation "
             "is GPT-2's own (gelu_new, n_inner = 4 x n_embd)"
         )
@@ -196,7 +196,7 @@ def _gpt2_config(c: dict[str, Any], where: str) -> GPT2Config:
             layer_norm_epsilon=float(c.get("layer_norm_epsilon", 1e-5)),
         )
     except KeyError as e:
-        raise ConfigError(f"{where}: GPT-2 config without {e.args[0]!r}") from None
+        raise OptionsError(f"{where}: GPT-2 config without {e.args[0]!r}") from None
 
 
 def _from_hf_dir(path: Path) -> GPT2LMHead:
@@ -213,7 +213,7 @@ def _from_hf_dir(path: Path) -> GPT2LMHead:
     elif (path / "pytorch_model.bin").is_file():
         state_dict = torch.load(path / "pytorch_model.bin", map_location="cpu", weights_only=True)
     else:
-        raise ConfigError(
+        raise OptionsError(
             f"{path}: a Hugging Face GPT-2 directory needs model.safetensors or pytorch_model.bin"
         )
     return _gpt2_from_state_dict(config, state_dict, str(path))
@@ -231,7 +231,7 @@ def _from_hub(name: str) -> GPT2LMHead:
 
         model = GPT2LMHeadModel.from_pretrained(name)
     except Exception as e:  # offline, unknown name: the hub client raises many kinds
-        raise ConfigError(
+        raise OptionsError(
             f"gpt2 {name!r}: not a local path, and loading it from the Hugging Face hub failed "
             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Offline? Pass a local "
             "GPT-2 directory (config.json + model.safetensors) or a ClipCap checkpoint"
@@ -252,12 +252,12 @@ def _gpt2_from_state_dict(config: GPT2Config, state_dict: dict[str, torch.Tensor
     wte = sd.get("transformer.wte.weight")
     head = sd.setdefault("lm_head.weight", wte)
     if wte is not None and head is not None and (head.shape != wte.shape or not torch.equal(head, wte)):
-        raise ConfigError(f"{where}: lm_head.weight differs from transformer.wte.weight; GPT-2 ties them")
+        raise OptionsError(f"{where}: lm_head.weight differs from transformer.wte.weight; GPT-2 ties them")
     missing, unexpected = sorted(expected - set(sd)), sorted(set(sd) - expected)
     if missing or unexpected:
-        raise ConfigError(f"{where}: not GPT-2 weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise OptionsError(f"{where}: not GPT-2 weights (missing {missing[:3]}, unexpected {unexpected[:3]})")
     try:
         model.load_state_dict({k: v.float() for k, v in sd.items()})
     except RuntimeError as e:
-        raise ConfigError(f"{where}: GPT-2 weights do not fit its config.json: {e}") from None
+        raise OptionsError(f"{where}: GPT-2 weights do not fit its config.json: {e}") from None
     return model

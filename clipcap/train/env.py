@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from clipcap.errors import ConfigError, MissingDependencyError
+from clipcap.errors import MissingDependencyError, OptionsError
 
 
 def amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
@@ -42,9 +42,9 @@ class Environment:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError):
-            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
+            raise OptionsError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
         if dev.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {device!r}")
+            raise OptionsError(f"device must be cpu, cuda or cuda:N, got {device!r}")
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise MissingDependencyError(
                 "device cuda: PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); "

@@ -31,7 +31,7 @@ from tokenizers import Tokenizer
 from clipcap import __version__
 from clipcap.config import ClipCapConfig, MapperConfig
 from clipcap.data.embeddings import EmbeddingSet
-from clipcap.errors import ConfigError
+from clipcap.errors import OptionsError
 from clipcap.models.gpt2 import GPT2LMHead
 from clipcap.models.model import ClipCapModel
 from clipcap.options import OWN_DEFAULTS
@@ -109,11 +109,11 @@ def train(
         progress: a progress bar and a line per evaluation on stderr (from rank 0 only).
 
     Raises:
-        ConfigError: bad options or inputs (named, with the fix), or a resume that does not match.
+        OptionsError: bad options or inputs (named, with the fix), or a resume that does not match.
         MissingDependencyError: CUDA asked for but unavailable.
     """
     if not isinstance(options, TrainOptions):
-        raise ConfigError(f"options must be a TrainOptions, got {type(options).__name__}")
+        raise OptionsError(f"options must be a TrainOptions, got {type(options).__name__}")
     env = Environment.setup(device)
     try:
         return _Run(options, env, Path(out), progress).start(data, gpt2, tokenizer, resume).loop()
@@ -139,12 +139,14 @@ def build_model(
     """A new ClipCap model: GPT-2's weights, a freshly initialised mapper (seeded by options.seed)."""
     g, P = gpt.config, options.prefix_length
     if g.n_positions <= P:
-        raise ConfigError(f"prefix_length={P} leaves no room in GPT-2's {g.n_positions} positions")
+        raise OptionsError(f"prefix_length={P} leaves no room in GPT-2's {g.n_positions} positions")
     if options.variant == "mlp":  # hidden E*P//2, as the original
         mapper = MapperConfig("mlp", clip_dim, P, hidden_dim=g.n_embd * P // 2)
     else:
         if g.n_embd % options.mapper_heads:
-            raise ConfigError(f"mapper_heads={options.mapper_heads} does not divide GPT-2's width {g.n_embd}")
+            raise OptionsError(
+                f"mapper_heads={options.mapper_heads} does not divide GPT-2's width {g.n_embd}"
+            )
         mapper = MapperConfig(
             "transformer",
             clip_dim,
@@ -191,7 +193,7 @@ class _Run:
         self.tokenizer = resolve_tokenizer(tokenizer, checkpoint)
         eos = self.tokenizer.token_to_id(EOS_TOKEN)
         if eos is None:
-            raise ConfigError(f"the tokenizer has no {EOS_TOKEN} token: captions must end with it")
+            raise OptionsError(f"the tokenizer has no {EOS_TOKEN} token: captions must end with it")
         train_set, val_set = train_val_splits(data, o)
 
         saved: dict[str, Any] = {}
@@ -201,7 +203,7 @@ class _Run:
             self.gpt2_source = saved.get("gpt2", "")
         else:
             if gpt2 is None:
-                raise ConfigError(
+                raise OptionsError(
                     f"{self.out} holds no checkpoint to resume and no GPT-2 was given to start from: "
                     "pass gpt2 (--gpt2 NAME_OR_DIR_OR_CHECKPOINT)"
                 )
@@ -209,25 +211,25 @@ class _Run:
             self.model = build_model(o, gpt, train_set.dim, train_set.clip, eos)
         config = self.model.config
         if self.tokenizer.get_vocab_size() != config.gpt2.vocab_size:
-            raise ConfigError(
+            raise OptionsError(
                 f"the tokenizer has {self.tokenizer.get_vocab_size()} tokens but GPT-2's vocabulary has "
                 f"{config.gpt2.vocab_size}: pass GPT-2's own tokenizer"
             )
         if train_set.dim != config.mapper.clip_dim:
-            raise ConfigError(
+            raise OptionsError(
                 f"the embeddings are {train_set.dim}-d but the model's mapper takes "
                 f"{config.mapper.clip_dim}-d ones"
             )
 
         limit = config.gpt2.n_positions - o.prefix_length
         if o.max_tokens is not None and o.max_tokens > limit:
-            raise ConfigError(
+            raise OptionsError(
                 f"max_tokens={o.max_tokens} does not fit: GPT-2 has {config.gpt2.n_positions} positions and "
                 f"the prefix takes {o.prefix_length}, so at most {limit}"
             )
         self.train_data = caption_data(train_set, self.tokenizer, eos, o.max_tokens, limit)
         if len(self.train_data) == 0:
-            raise ConfigError(f"the {o.train_split!r} split has no captions to train on")
+            raise OptionsError(f"the {o.train_split!r} split has no captions to train on")
         L = self.train_data.max_tokens
         self.val_data = caption_data(val_set, self.tokenizer, eos, L, limit) if val_set else None
         if self.val_data is not None and len(self.val_data) == 0:
@@ -238,13 +240,13 @@ class _Run:
 
         share = env.world * o.grad_accum
         if o.batch_size % share:
-            raise ConfigError(
+            raise OptionsError(
                 f"batch_size={o.batch_size} is not divisible by {env.world} processes x grad_accum="
                 f"{o.grad_accum}: each step's batch is split evenly between them"
             )
         self.steps_per_epoch = len(self.train_data) // o.batch_size  # the last partial batch is dropped
         if self.steps_per_epoch == 0:
-            raise ConfigError(
+            raise OptionsError(
                 f"the {o.train_split!r} split has {len(self.train_data)} captions, fewer than "
                 f"batch_size={o.batch_size}: lower batch_size"
             )
@@ -289,12 +291,12 @@ class _Run:
         before = TrainOptions.from_dict(saved["options"])
         changed = before.differences(o, ignore=RESUMABLE_CHANGES)
         if changed:
-            raise ConfigError(
+            raise OptionsError(
                 f"cannot resume {checkpoint}: options differ from the checkpoint's ({'; '.join(changed)}); "
                 f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change"
             )
         if saved["data"]["fingerprint"] != self.fingerprint:
-            raise ConfigError(
+            raise OptionsError(
                 f"cannot resume {checkpoint}: the training data differs from the checkpoint's "
                 f"({saved['data']['examples']} examples then, {len(self.train_data)} now; or other captions, "
                 "embeddings or tokenizer)"

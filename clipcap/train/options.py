@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipcap.errors import ConfigError
+from clipcap.errors import OptionsError
 
 VARIANTS = ("mlp", "transformer")
 
@@ -116,7 +116,7 @@ class TrainOptions:
         if self.val_split is not None and not isinstance(self.val_split, str):
             problems.append(f"val_split must be a split name or None, got {self.val_split!r}")
         if problems:
-            raise ConfigError("invalid training options: " + "; ".join(problems))
+            raise OptionsError("invalid training options: " + "; ".join(problems))
 
     @property
     def trains_gpt2(self) -> bool:
@@ -133,7 +133,7 @@ class TrainOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown training options: {', '.join(unknown)}")
+            raise OptionsError(f"unknown training options: {', '.join(unknown)}")
         return cls(**data)
 
     def differences(self, other: TrainOptions, *, ignore: frozenset[str] = frozenset()) -> list[str]:

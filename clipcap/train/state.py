@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from tokenizers import Tokenizer
 
-from clipcap.errors import ConfigError, DataError
+from clipcap.errors import DataError, OptionsError
 from clipcap.jsonfile import read_versioned_json
 from clipcap.models.checkpoints import save_checkpoint
 from clipcap.models.model import ClipCapModel
@@ -62,7 +62,7 @@ def resolve_resume(out: Path, resume: str | Path | None) -> Path | None:
     """The checkpoint to resume from: None (start fresh), "auto" (the newest in out, if any) or a path."""
     if resume is None:
         if list_checkpoints(out):
-            raise ConfigError(
+            raise OptionsError(
                 f"{out} already holds training checkpoints: resume them (resume='auto', --resume auto) "
                 "or train into another directory"
             )
@@ -72,18 +72,18 @@ def resolve_resume(out: Path, resume: str | Path | None) -> Path | None:
         return found[-1][1] if found else None
     path = Path(resume)
     if not (path / STATE_JSON).is_file():
-        raise ConfigError(
+        raise OptionsError(
             f"resume {path}: not a training checkpoint (a checkpoint-NNNNNNN directory with {STATE_JSON}); "
             "pass one, or 'auto' for the newest in the output directory"
         )
     try:
         step = int(json.loads((path / STATE_JSON).read_text())["step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigError(f"resume {path}: unreadable {STATE_JSON} ({type(e).__name__}: {e})") from None
+        raise DataError(f"resume {path}: unreadable {STATE_JSON} ({type(e).__name__}: {e})") from None
     newer = [p.name for s, p in list_checkpoints(out) if s > step]
     if newer:
         # They would outlive the new run's checkpoints and be what 'auto' resumes next time.
-        raise ConfigError(
+        raise OptionsError(
             f"resume {path}: {out} holds later checkpoints ({', '.join(newer)}) that this run would not "
             "replace; resume into another directory, or remove them"
         )
@@ -178,12 +178,12 @@ def restore_optimizer(
             prefix = f"optimizer.{names[id(p)]}."
             state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             if not state:
-                raise ConfigError(f"{where}: no optimizer state for {names[id(p)]}")
+                raise DataError(f"{where}: no optimizer state for {names[id(p)]}")
             saved -= {prefix + k for k in state}
             # step stays on the CPU, where AdamW keeps it; the moments go where the parameter is.
             optimizer.state[p] = {k: v if k == "step" else v.to(p.device) for k, v in state.items()}
     if saved:
-        raise ConfigError(
+        raise DataError(
             f"{where}: optimizer state for parameters this model does not train: {sorted(saved)[:3]}"
         )
 
