@@ -428,7 +428,7 @@ def test_bad_inputs_are_config_errors(toy, tok, gpt, tmp_path):
         run(opts(batch_size=32))
     with pytest.raises(ConfigError, match="max_tokens=100 does not fit"):
         run(opts(max_tokens=100))
-    with pytest.raises(ConfigError, match="device must be cpu, cuda or cuda:N"):
+    with pytest.raises(ConfigError, match="use auto, cpu, cuda or cuda:N"):
         run(opts(), device="tpu")
     with pytest.raises(ConfigError, match="mapper_heads=3 does not divide"):
         run(opts("transformer", mapper_heads=3))

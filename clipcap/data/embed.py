@@ -41,6 +41,7 @@ from clipcap.data.datasets import Example
 from clipcap.data.embeddings import CAPTIONS_FILE, EMBEDS_FILE, META_FILE, TENSOR_NAME, write_embeddings
 from clipcap.errors import OptionsError, require
 from clipcap.models.clip import ImageEncoder
+from clipcap.models.device import torch_device
 from clipcap.runtime.images import ImageError, load_image
 from clipcap.runtime.preprocess import preprocess
 
@@ -85,7 +86,7 @@ def embed_dataset(
     *,
     batch_size: int = 64,
     shard_size: int = 1024,
-    device: str = "cpu",
+    device: str = "auto",
     progress: bool = True,
     source: dict[str, Any] | None = None,
     force: bool = False,
@@ -99,7 +100,7 @@ def embed_dataset(
         out_dir: the embedding-set directory (made if missing).
         batch_size: images per forward pass.
         shard_size: examples per resumable unit of work (see the module docstring).
-        device: the torch device to run CLIP on: "cpu", "cuda", "cuda:1".
+        device: the torch device to run CLIP on: "auto" (CUDA when available), "cpu", "cuda", "cuda:1".
         progress: show a tqdm progress bar (on a terminal).
         source: recorded as the set's ``meta.json`` "source" (what dataset, which options).
         force: start over: discard an interrupted run's shards and replace a complete set.
@@ -174,7 +175,7 @@ def embed_dataset(
     return EmbedSummary(len(records), counts, time.perf_counter() - started, out_dir, resumed)
 
 
-def check_destination(out_dir: str | Path, *, device: str = "cpu", force: bool = False) -> torch.device:
+def check_destination(out_dir: str | Path, *, device: str = "auto", force: bool = False) -> torch.device:
     """The checks :func:`embed_dataset` starts with, for a caller to make before loading CLIP.
 
     Returns the torch device. Raises OptionsError: ``out_dir`` is a file, or holds a complete set
@@ -188,7 +189,7 @@ def check_destination(out_dir: str | Path, *, device: str = "cpu", force: bool =
             f"{out_dir}: already holds a complete embedding set; pass --force to compute it again "
             "(it replaces the set), or another --out"
         )
-    return _torch_device(device)
+    return torch_device(device)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -427,25 +428,6 @@ def _discard(out_dir: Path) -> None:
     # meta.json first: without it the directory no longer reads as a complete set.
     for name in (META_FILE, EMBEDS_FILE, CAPTIONS_FILE, SKIPPED_FILE):
         (out_dir / name).unlink(missing_ok=True)
-
-
-def _torch_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as e:
-        raise OptionsError(f"--device {name!r} is not a torch device ({e}); use cpu or cuda") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise OptionsError(
-                f"--device {name}: CUDA is not available to this PyTorch (torch {torch.__version__}, "
-                f"CUDA build {torch.version.cuda or 'none'}); use --device cpu or a CUDA build of torch"
-            )
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OptionsError(
-                f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                f"numbered from 0"
-            )
-    return device
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -71,7 +71,7 @@ def checkpoint_captioning(
     checkpoint: Any,
     overrides: Mapping[str, Any] | None = None,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     batch_size: int = 64,
     tokenizer: Any = None,
 ) -> Captioning:
@@ -87,12 +87,9 @@ def checkpoint_captioning(
     from clipcap.models.model import ClipCapModel
 
     _check_batch_size(batch_size)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionsError(f"device {device!r}: PyTorch sees no CUDA GPU here; use --device cpu")
-    try:
-        target = torch.device(device)
-    except RuntimeError as e:
-        raise OptionsError(f"device {device!r} is not a PyTorch device ({e}); use cpu or cuda") from None
+    from clipcap.models.device import torch_device
+
+    target = torch_device(device)
     model = checkpoint if isinstance(checkpoint, ClipCapModel) else load_checkpoint(checkpoint)
     tok = _checkpoint_tokenizer(checkpoint, tokenizer, model.config.gpt2.vocab_size)
     try:
@@ -138,7 +135,7 @@ def caption_with_checkpoint(
     embeds: np.ndarray,
     overrides: Mapping[str, Any] | None = None,
     *,
-    device: str = "cpu",
+    device: str = "auto",
     batch_size: int = 64,
     tokenizer: Any = None,
 ) -> list[str]:
@@ -232,7 +229,7 @@ def evaluate(
     limit: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     provider: str = "cpu",
-    device: str = "cpu",
+    device: str = "auto",
     tokenizer: Any = None,
     batch_size: int = 64,
     java: bool | None = None,

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from clipcap.errors import MissingDependencyError, OptionsError
+from clipcap.models.device import torch_device
 
 
 def amp_dtype(amp: bool | None, device: torch.device) -> torch.dtype | None:
@@ -39,17 +39,7 @@ class Environment:
 
     @classmethod
     def setup(cls, device: str | torch.device) -> Environment:
-        try:
-            dev = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise OptionsError(f"device must be cpu, cuda or cuda:N, got {device!r}") from None
-        if dev.type not in ("cpu", "cuda"):
-            raise OptionsError(f"device must be cpu, cuda or cuda:N, got {device!r}")
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise MissingDependencyError(
-                "device cuda: PyTorch sees no CUDA GPU (torch.cuda.is_available() is False); "
-                "install a CUDA build of PyTorch or train with device cpu"
-            )
+        dev = torch_device(device)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls(dev)

@@ -86,7 +86,7 @@ def train(
     out: str | Path,
     tokenizer: Tokenizer | str | Path | None = None,
     resume: str | Path | None = None,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "auto",
     progress: bool = True,
 ) -> TrainResult:
     """Train a ClipCap model; the result is written to ``out`` (``clipcap export out`` takes it).
@@ -104,8 +104,8 @@ def train(
             resuming, else the packaged GPT-2 one. Its vocabulary must be GPT-2's.
         resume: None (start fresh; out must hold no checkpoints), "auto" (the newest checkpoint
             in out, or fresh when there is none) or a checkpoint directory.
-        device: "cpu", "cuda" or "cuda:N"; under torchrun (WORLD_SIZE > 1) each process takes
-            cuda:LOCAL_RANK.
+        device: "auto" (CUDA when available), "cpu", "cuda" or "cuda:N"; under torchrun
+            (WORLD_SIZE > 1) each process takes cuda:LOCAL_RANK.
         progress: a progress bar and a line per evaluation on stderr (from rank 0 only).
 
     Raises:
