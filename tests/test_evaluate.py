@@ -184,3 +184,20 @@ def test_kind_follows_the_manifest(tiny_bundle, tmp_path, embed_dir):
     (copy / "clipcap.json").unlink()
     with pytest.raises(CheckpointError, match=r"needs model\.safetensors and config\.json"):
         evaluate(copy, embed_dir, java=False)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_counts_the_captions(tiny_bundle, embed_dir, capsys, progress):
+    pytest.importorskip("tqdm")
+    blocked = evaluate(
+        tiny_bundle[0],
+        embed_dir,
+        java=False,
+        batch_size=3,
+        progress=progress,
+        overrides={"max_new_tokens": 3},
+    )
+    whole = evaluate(tiny_bundle[0], embed_dir, java=False, progress=False, overrides={"max_new_tokens": 3})
+    assert blocked.predictions == whole.predictions  # blocks of 3 rows caption as one block does
+    err = capsys.readouterr().err
+    assert ("4/4" in err and "captioning" in err) == progress

@@ -234,6 +234,7 @@ def evaluate(
     batch_size: int = 64,
     java: bool | None = None,
     metrics: Iterable[str] | None = None,
+    progress: bool | None = None,
 ) -> EvalResult:
     """Caption an embedding set's split with a bundle or a checkpoint and score it against its captions.
 
@@ -245,6 +246,7 @@ def evaluate(
         overrides: decoding options over the source's defaults (strategy, beam_size, ...).
         provider: ONNX Runtime's, for a bundle. device, tokenizer: PyTorch's, for a checkpoint.
         java, metrics: as for :func:`score_captions`.
+        progress: a bar over the captions on stderr; None (default) shows it on a terminal only.
     """
     data = select_rows(load_embeddings(data_dir), split, limit, data_dir)
     kind = kind or _source_kind(source)
@@ -265,7 +267,7 @@ def evaluate(
             kind,
             captioning.clip[1],  # type: ignore[index]
         )
-    captions = captioning.caption(data.embeds)
+    captions = _caption_with_progress(captioning, data.embeds, batch_size, progress)
     references = data.references()
     scores = score_captions(captions, references, java=java, metrics=metrics)
     predictions = [
@@ -274,6 +276,31 @@ def evaluate(
     ]
     split_name = split if isinstance(split, str) else ",".join(split)
     return EvalResult(scores, predictions, captioning.options, str(source), kind, str(data_dir), split_name)
+
+
+def _caption_with_progress(
+    captioning: Captioning, embeds: np.ndarray, batch_size: int, progress: bool | None
+) -> list[str]:
+    """Caption in blocks of ``batch_size`` rows, with a tqdm bar over the rows (a long split takes
+    minutes, and a silent terminal looks like a hang)."""
+    if progress is False:
+        return captioning.caption(embeds)
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm comes with the train extra; without it, no bar unless one was asked for
+        if progress:
+            raise
+        return captioning.caption(embeds)
+    captions: list[str] = []
+    # disable=None: tqdm shows the bar on a terminal only, not in a redirected log.
+    with tqdm(
+        total=len(embeds), unit="caption", desc="captioning", disable=None if progress is None else False
+    ) as bar:
+        for start in range(0, len(embeds), batch_size):
+            block = captioning.caption(embeds[start : start + batch_size])
+            captions += block
+            bar.update(len(block))
+    return captions
 
 
 def select_rows(
