@@ -50,6 +50,15 @@ def _json_default(value: Any) -> Any:
 # Lookups
 
 
+def series_colours(names: list[str]) -> dict[str, tuple[float, ...]]:
+    """A distinct colour for each of up to 20 series: tab20's ten strong colours first, then their
+    light partners (matplotlib's default cycle repeats after ten)."""
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab20"].colors
+    return {name: palette[(2 * i) % 20 + (2 * i) // 20 % 2] for i, name in enumerate(names)}
+
+
 def label(row: dict[str, Any]) -> str:
     text = f"{row['backend']} {row['precision']}"
     return text if row.get("device", "cpu") == "cpu" else f"{text} ({row['device']})"
@@ -471,6 +480,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         key = (r["variant"], label(r))
         if key not in keys:
             keys.append(key)
+    # One colour per backend (the same in both variants, which differ by line style); the legend
+    # sits below the axes, off the points.
+    colours = series_colours(list(dict.fromkeys(name for _, name in keys)))
     for variant, name in keys:
         points = sorted(
             (r["batch"], r["captions_per_s"])
@@ -479,7 +491,9 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         )
         if points:
             xs, ys = zip(*points, strict=True)
-            right.plot(xs, ys, styles.get(variant, "-"), marker="o", label=f"{variant}: {name}")
+            right.plot(
+                xs, ys, styles.get(variant, "-"), marker="o", color=colours[name], label=f"{variant}: {name}"
+            )
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     right.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
@@ -490,7 +504,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
     right.set_ylabel("captions / s")
     right.set_title("Throughput")
     right.grid(True, which="both", alpha=0.3)
-    right.legend(fontsize=7)
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
 
     m = report["machine"]
     title = f"clipcap bench: {m['cpu']}, {m['threads']} threads, {m['read_gbps']:.1f} GB/s read"

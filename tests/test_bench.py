@@ -387,3 +387,12 @@ def test_benchmarks_package_is_torch_free_and_maps_to_its_folder():
     path, heavy = out.strip().splitlines()
     assert path.replace("\\", "/").endswith("benchmarks/__init__.py")
     assert heavy == "[]"
+
+
+def test_plot_series_have_distinct_colours():
+    pytest.importorskip("matplotlib")
+    from clipcap.benchmarks.report import series_colours
+
+    for n in (3, 10, 11, 20):
+        colours = series_colours([f"backend {i}" for i in range(n)])
+        assert len(set(colours.values())) == n
