@@ -96,7 +96,10 @@ def test_bad_checkpoint_is_one_line(tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--format", "seed"], "--format seed given, but the weights are original-transformer"),
+        (
+            ["--checkpoint-format", "seed"],
+            "--checkpoint-format seed given, but the weights are original-transformer",
+        ),
         (["--gpt2-config", "gpt3"], "neither a GPT-2 name"),
     ],
 )
