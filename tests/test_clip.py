@@ -463,3 +463,61 @@ def test_hf_preprocessing_squash_without_crop():
 def test_hf_preprocessing_that_cannot_be_expressed(cfg):
     with pytest.raises(ConfigError, match="cannot express"):
         _preprocessing(cfg)
+
+
+_OFFLINE_SCRIPT = """
+import time
+from clipcap.models.clip import hf_clip_encoder, open_clip_encoder
+start = time.monotonic()
+makers = (
+    lambda: open_clip_encoder("ViT-B-32", "openai"),
+    lambda: hf_clip_encoder("openai/clip-vit-base-patch32"),
+)
+for make in makers:
+    try:
+        make()
+    except Exception as e:
+        print(type(e).__name__, "|", e)
+print("seconds", time.monotonic() - start)
+"""
+
+
+@pytest.mark.parametrize("offline", ["1", "0"])
+def test_downloads_that_cannot_happen_fail_at_once_fix_first(tmp_path, offline):
+    """Offline (HF_HUB_OFFLINE, or no network as here) and not cached: one error, the fix first."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": offline, "HF_HUB_CACHE": str(tmp_path / "hub")}
+    if offline == "0":
+        import socket
+
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=2).close()
+            pytest.skip("this machine reaches huggingface.co")
+        except OSError:
+            pass
+    out = subprocess.run(
+        [sys.executable, "-c", _OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    ).stdout
+    lines = out.splitlines()
+    assert lines[0].startswith("OptionsError | use local CLIP weights: pass --clip-weights FILE"), out
+    assert lines[1].startswith("OptionsError | use a local CLIP: pass --clip hf:DIR"), out
+    why = "HF_HUB_OFFLINE is set" if offline == "1" else "cannot be reached"
+    assert why in lines[0] and why in lines[1]
+    assert float(lines[2].split()[1]) < 20  # not a minute of retries
+
+
+def test_weights_in_the_hub_cache_are_not_refused(tmp_path):
+    """A cache laid out as huggingface_hub lays it out: the check lets the load go on."""
+    pytest.importorskip("huggingface_hub")
+    from clipcap.models import clip
+
+    snapshot = tmp_path / "models--timm--vit_base_patch32_clip_224.openai" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"x")
+    (snapshot.parent.parent / "refs").mkdir()
+    (snapshot.parent.parent / "refs" / "main").write_text("abc123")
+    assert clip._in_hub_cache("timm/vit_base_patch32_clip_224.openai/", tmp_path)
+    assert not clip._in_hub_cache("timm/some-other-model/", tmp_path)
