@@ -45,6 +45,8 @@ test-runtime: $(VENV)/.installed
 	cd /tmp && $(CURDIR)/.venv-runtime/bin/python -c "from clipcap.runtime import load_tokenizer; \
 	    assert load_tokenizer().encode('A dog.').ids == [32, 3290, 13]"
 	$(BIN)/clipcap demo --quick --out build/demo
+	# The demo's own checkpoint re-exports from anywhere: it carries its CLIP's architecture.
+	cd /tmp && $(CURDIR)/$(BIN)/clipcap export $(CURDIR)/build/demo/train-mlp -o $(CURDIR)/build/demo/reexport
 	$(BIN)/python -c "import json; r = json.load(open('build/demo/report.json')); \
 	    assert [v['variant'] for v in r['variants']] == ['mlp', 'transformer'], r; \
 	    assert all(v['identical_to_pytorch'] == 1.0 for v in r['variants']), r"

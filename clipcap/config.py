@@ -120,12 +120,19 @@ class ClipSpec:
     # open_clip only: None = the activation the model name / pretrained tag implies; True/False = QuickGELU
     # forced on/off (OpenAI's weights need QuickGELU; a plain state dict cannot say so).
     quick_gelu: bool | None = None
+    # open_clip only: the architecture's model config itself, for one open_clip does not ship (a
+    # --clip-config file), so a checkpoint trained on it rebuilds its CLIP without that file.
+    model_config: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in CLIP_BACKENDS:
             raise ConfigError(f"clip.backend must be one of {', '.join(CLIP_BACKENDS)}, got {self.backend!r}")
         if self.quick_gelu is not None and not isinstance(self.quick_gelu, bool):
             raise ConfigError(f"clip.quick_gelu must be true, false or null, got {self.quick_gelu!r}")
+        if self.model_config is not None and (
+            self.backend != "open_clip" or not isinstance(self.model_config, dict)
+        ):
+            raise ConfigError("clip.model_config is an open_clip model config (a JSON object) or null")
         if self.backend == "hf" and self.quick_gelu is not None:
             raise ConfigError("clip.quick_gelu is an open_clip setting; it must be null for the hf backend")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -521,3 +522,30 @@ def test_weights_in_the_hub_cache_are_not_refused(tmp_path):
     (snapshot.parent.parent / "refs" / "main").write_text("abc123")
     assert clip._in_hub_cache("timm/vit_base_patch32_clip_224.openai/", tmp_path)
     assert not clip._in_hub_cache("timm/some-other-model/", tmp_path)
+
+
+def test_a_spec_carries_its_architecture_and_rebuilds_anywhere(gelu_safetensors, tiny_config, tmp_path):
+    """A checkpoint's clip spec rebuilds its encoder in a fresh process, from another folder, with no
+    --clip-config (what `clipcap export` of the demo's checkpoint needs)."""
+    import subprocess
+    import sys
+
+    encoder = open_clip_encoder(TINY, gelu_safetensors, model_config=tiny_config)
+    assert encoder.spec.model_config == json.loads(tiny_config.read_text())
+    assert Path(encoder.spec.pretrained).is_absolute()
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(dataclasses.asdict(encoder.spec)))
+    pixels = torch.rand(2, 3, TINY_SIZE, TINY_SIZE, generator=torch.Generator().manual_seed(0))
+    torch.save(pixels, tmp_path / "pixels.pt")
+    code = (
+        "import json, sys, torch\n"
+        "from clipcap.config import ClipSpec, Preprocessing\n"
+        "from clipcap.models.clip import load_image_encoder\n"
+        "d = json.load(open('spec.json')); d['preprocessing'] = Preprocessing(**d['preprocessing'])\n"
+        "encoder = load_image_encoder(ClipSpec(**d))\n"
+        "with torch.no_grad():\n"
+        "    torch.save(encoder(torch.load('pixels.pt')), 'embeds.pt')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True)
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "embeds.pt"), encoder(pixels))

@@ -20,6 +20,7 @@ import functools
 import json
 import os
 import socket
+import tempfile
 import urllib.parse
 import warnings
 import zipfile
@@ -115,7 +116,7 @@ def open_clip_encoder(
     pretrained: str | os.PathLike[str] | None = None,
     *,
     quick_gelu: bool | None = None,
-    model_config: str | os.PathLike[str] | None = None,
+    model_config: str | os.PathLike[str] | dict[str, Any] | None = None,
 ) -> OpenClipEncoder:
     """Build an open_clip image encoder.
 
@@ -128,7 +129,8 @@ def open_clip_encoder(
         quick_gelu: the activation of the weights: True for QuickGELU (everything OpenAI trained), False
             for GELU, None to infer it (see below).
         model_config: an open_clip model-config JSON file for an architecture open_clip does not ship;
-            it is registered under its file stem, which must equal ``model_name``.
+            it is registered under its file stem, which must equal ``model_name`` (or the config
+            itself, as a dict). The spec keeps the config, so a checkpoint carries its CLIP.
 
     QuickGELU: OpenAI's CLIP weights were trained with QuickGELU, and a model built with GELU loads them
     without complaint but gives different embeddings. With ``quick_gelu=None`` this function uses
@@ -149,8 +151,12 @@ def open_clip_encoder(
     has_schema = model_name.startswith(_OPEN_CLIP_SCHEMAS)
     if not has_schema:
         model_name = model_name.replace("/", "-")
-    if model_config is not None:
-        _register_model_config(open_clip, model_name, Path(model_config))
+    architecture = None
+    if isinstance(model_config, dict):  # a spec's own copy (ClipSpec.model_config)
+        architecture = model_config
+        _register_model_config_dict(open_clip, model_name, architecture)
+    elif model_config is not None:
+        architecture = _register_model_config(open_clip, model_name, Path(model_config))
     if not has_schema and open_clip.get_model_config(model_name) is None:
         raise OptionsError(
             f"unknown open_clip model {model_name!r} (see open_clip.list_models()); for an architecture "
@@ -171,6 +177,8 @@ def open_clip_encoder(
             _check_download_possible(tag_cfg, model_name, pretrained)
         else:
             weights_file = _existing_weights_file(open_clip, model_name, pretrained)
+            # Absolute, so a checkpoint trained on these embeddings finds them from anywhere.
+            pretrained = str(weights_file.resolve())
     torchscript = weights_file is not None and is_torchscript_archive(weights_file)
 
     # The activation the source implies, then the user's word over it.
@@ -215,6 +223,7 @@ def open_clip_encoder(
         embed_dim=_open_clip_embed_dim(model),
         preprocessing=_open_clip_preprocessing(open_clip.get_model_preprocess_cfg(model)),
         quick_gelu=use_quick_gelu,
+        model_config=architecture,
     )
     return OpenClipEncoder(model, spec)
 
@@ -300,7 +309,8 @@ def _import_open_clip() -> Any:
     return require("open_clip", "export", package="open_clip_torch")
 
 
-def _register_model_config(open_clip: Any, model_name: str, path: Path) -> None:
+def _register_model_config(open_clip: Any, model_name: str, path: Path) -> dict[str, Any]:
+    """Register a --clip-config file with open_clip; returns the config it holds."""
     if not path.is_file():
         raise OptionsError(f"open_clip model config not found: {path}")
     try:
@@ -318,6 +328,17 @@ def _register_model_config(open_clip: Any, model_name: str, path: Path) -> None:
     # add_model_config appends to a global search path and rescans it; skip repeats.
     if open_clip.get_model_config(model_name) != config:
         open_clip.add_model_config(path)
+    return config
+
+
+def _register_model_config_dict(open_clip: Any, model_name: str, config: dict[str, Any]) -> None:
+    """Register a model config a spec carries (open_clip reads configs from files only)."""
+    if open_clip.get_model_config(model_name) == config:
+        return
+    folder = Path(tempfile.mkdtemp(prefix="clipcap-open-clip-config-"))
+    path = folder / f"{model_name}.json"
+    path.write_text(json.dumps(config))
+    _register_model_config(open_clip, model_name, path)
 
 
 def _existing_weights_file(open_clip: Any, model_name: str, pretrained: str) -> Path:
@@ -570,7 +591,10 @@ def load_image_encoder(spec: ClipSpec, *, model_config: str | os.PathLike[str] |
                 "weights file, or the encoder would have random weights"
             )
         encoder: ImageEncoder = open_clip_encoder(
-            spec.model, spec.pretrained, quick_gelu=spec.quick_gelu, model_config=model_config
+            spec.model,
+            spec.pretrained,
+            quick_gelu=spec.quick_gelu,
+            model_config=model_config if model_config is not None else spec.model_config,
         )
     else:
         if model_config is not None:
