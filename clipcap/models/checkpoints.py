@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from clipcap import hub
 from clipcap.config import (
     HF_VIT_B_32,
     OPENAI_RN50X4,
@@ -77,8 +78,11 @@ def load_checkpoint(
     - ``n_head``: GPT-2's heads, needed only for non-standard widths (768, 1024, 1280, 1600 known).
     - ``mapper_heads``: the transformer mapper's heads (the original: 8).
     - ``generation``: decoding defaults; default as the source project generated.
+
+    ``path`` may name a file on the Hugging Face Hub: ``hf:OWNER/REPO/FILE[@REVISION]`` (or
+    ``hf:OWNER/REPO[/FOLDER]`` for this project's own format), downloaded into the Hub's cache.
     """
-    path = Path(path)
+    path = Path(hub.local_checkpoint(str(path)))
     state_dict, stored_config = read_checkpoint(path)
     fmt = "clipcap-onnx" if stored_config is not None else detect_format(state_dict, path)
     state_dict = canonical_state_dict(state_dict, fmt, path)
@@ -125,6 +129,7 @@ def save_checkpoint(model: ClipCapModel, directory: str | Path) -> Path:
 
 def read_checkpoint(path: Path) -> tuple[StateDict, ClipCapConfig | None]:
     """The raw state dict, and the stored config for this project's own format (else None)."""
+    path = Path(hub.local_checkpoint(str(path)))
     if not path.exists():
         raise CheckpointError(path, "no such file or directory")
     if path.is_dir():
