@@ -1,0 +1,468 @@
+"""`clipcap bench serve`'s report: JSON, markdown with issue 13's targets met or missed, a plot.
+
+Torch-free. The targets are goals for the full-size models on the project's 2-core CPU; the report
+states each against what this run measured (on a --quick run they are computed on a tiny model
+and mean nothing).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+COLOURS = {"continuous": "#1f77b4", "static": "#d62728", "none": "#2ca02c"}
+RSS_GROWTH_LIMIT = 1.10  # "RSS stays flat": the overload point's peak within 10 % of the earlier peak
+
+
+def write_reports(report: dict[str, Any], options) -> list[Path]:
+    report["targets"] = targets(report)
+    written = []
+    if options.out is not None:
+        options.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+        written.append(options.out)
+    if options.markdown is not None:
+        options.markdown.write_text(markdown(report))
+        written.append(options.markdown)
+    if options.plot is not None:
+        plot(report, options.plot)
+        written.append(options.plot)
+    return written
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Lookups
+
+
+def server(workload: dict[str, Any], scheduler: str) -> dict[str, Any] | None:
+    return next((s for s in workload["servers"] if s["scheduler"] == scheduler), None)
+
+
+def closed_point(workload: dict[str, Any], scheduler: str, concurrency: int) -> dict[str, Any] | None:
+    s = server(workload, scheduler)
+    if s is None:
+        return None
+    return next((p for p in s["points"] if p["kind"] == "closed" and p["concurrency"] == concurrency), None)
+
+
+def open_points(workload: dict[str, Any], scheduler: str) -> list[dict[str, Any]]:
+    s = server(workload, scheduler)
+    return [] if s is None else [p for p in s["points"] if p["kind"] == "open"]
+
+
+def _get(point: dict[str, Any] | None, key: str) -> float | None:
+    return None if point is None else point.get(key)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+# --------------------------------------------------------------------------------------------------
+# Targets
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 13's goals for each random-weight workload, against this run's numbers."""
+    out: list[dict[str, Any]] = []
+    timeout = report["config"]["request_timeout"]
+    for w in report["workloads"]:
+        if w.get("trained"):
+            continue
+
+        def add(name, goal, measured, met, how, note="", w=w):
+            out.append(
+                {
+                    "workload": w["name"],
+                    "target": name,
+                    "goal": goal,
+                    "measured": measured,
+                    "met": met,
+                    "how": how,
+                    "note": note,
+                }
+            )
+
+        # 1. continuous >= 3x none at concurrency 16.
+        c16, n16 = closed_point(w, "continuous", 16), closed_point(w, "none", 16)
+        ratio = _ratio(_get(c16, "captions_per_s"), _get(n16, "captions_per_s"))
+        add(
+            "throughput at concurrency 16, continuous vs none",
+            ">= 3.00x",
+            _fmt(ratio, "x"),
+            None if ratio is None else ratio >= 3,
+            "closed loop, captions/s",
+            _short(ratio, 3, "x", higher=True),
+        )
+
+        # 2. at 70 % of static's saturation, continuous p99 <= 0.6 x static's.
+        static_70 = next(
+            (p for p in open_points(w, "static") if abs(p["fraction_of_saturation"] - 0.7) < 1e-9), None
+        )
+        cont_70 = next((p for p in open_points(w, "continuous") if p.get("rate_basis") == "static"), None)
+        if cont_70 is None and static_70 is not None:  # continuous's own point at the same rate, if any
+            cont_70 = next(
+                (
+                    p
+                    for p in open_points(w, "continuous")
+                    if abs(p["offered_per_s"] - static_70["offered_per_s"]) < 1e-6
+                ),
+                None,
+            )
+        ratio = _ratio(_get(cont_70, "latency_ms_p99"), _get(static_70, "latency_ms_p99"))
+        rate = _get(static_70, "offered_per_s")
+        add(
+            "p99 latency at 70 % of static's saturation, continuous vs static",
+            "<= 0.60x",
+            _fmt(ratio, "x"),
+            None if ratio is None else ratio <= 0.6,
+            "open loop" + (f" at {rate:.2f}/s" if rate else ""),
+            _short(ratio, 0.6, "x", higher=False),
+        )
+
+        # 3. concurrency 1: served <= direct + 5 ms (the same requests, paired).
+        c1 = closed_point(w, "continuous", 1)
+        direct = (w.get("direct") or {}).get("latency_ms") or {}
+        diffs = _paired(report, w, c1, direct)
+        extra = None if not diffs else _median(diffs)
+        add(
+            "latency at concurrency 1, served (continuous) - direct Captioner.caption",
+            "<= +5.0 ms",
+            None if extra is None else f"{extra:+.1f} ms",
+            None if extra is None else extra <= 5.0,
+            f"median over {len(diffs)} identical requests (JSON answers)",
+            "" if extra is None or extra <= 5 else f"{extra - 5:.1f} ms over",
+        )
+
+        # 4. sustained throughput >= 0.8 x offline batch 16.
+        offline = (w.get("offline") or {}).get("captions_per_s")
+        s = server(w, "continuous")
+        peak = None if s is None else s.get("saturation_captions_per_s")
+        ratio = _ratio(peak, offline)
+        add(
+            "sustained throughput, continuous peak vs offline batch 16",
+            ">= 0.80x",
+            _fmt(ratio, "x"),
+            None if ratio is None else ratio >= 0.8,
+            f"closed-loop peak {_n(peak, '.2f')}/s vs `clipcap bench` onnxruntime batch 16 "
+            f"{_n(offline, '.2f')}/s "
+            f"({(w.get('offline') or {}).get('new_tokens', '?')} tokens each)",
+            _short(ratio, 0.8, "x", higher=True),
+        )
+
+        # 5. below saturation nothing fails; at 2x the excess gets a quick 503, the rest finishes in
+        # time, and RSS stays flat.
+        below = [p for p in open_points(w, "continuous") if p["fraction_of_saturation"] < 1 - 1e-9]
+        below += [p for p in (s or {}).get("points", []) if p["kind"] == "closed"]
+        bad = sum(p["failed"] + p["timed_out"] + p["rejected"] for p in below)
+        add(
+            "no failed request below saturation (continuous)",
+            "0",
+            None if not below else str(bad),
+            None if not below else bad == 0,
+            f"{len(below)} points: closed loop and open loop under 1.0x; failed + 504 + 503",
+        )
+        over = [p for p in open_points(w, "continuous") if p["fraction_of_saturation"] >= 2 - 1e-9]
+        top = over[-1] if over else None
+        if top is None:
+            add("503 within 50 ms at 2x saturation (continuous)", "<= 50 ms", None, None, "no 2x point")
+        elif not top["rejected"]:
+            add(
+                "503 within 50 ms at 2x saturation (continuous)",
+                "<= 50 ms",
+                "no 503",
+                None,
+                f"{top['ok']} of {top['sent']} answered: the queue limit ({report['config']['max_waiting']}) "
+                "was never reached in this point's duration",
+            )
+        else:
+            worst = top["reject_ms_p99"]
+            add(
+                "503 within 50 ms at 2x saturation (continuous)",
+                "<= 50 ms",
+                f"p99 {worst:.1f} ms (max {top['reject_ms_max']:.1f})",
+                worst <= 50,
+                f"{top['rejected']} of {top['sent']} rejected",
+                "" if worst <= 50 else f"{worst - 50:.1f} ms over",
+            )
+        if top is not None:
+            late = top["timed_out"] + top["failed"]
+            slowest = top.get("latency_ms_max")
+            in_time = late == 0 and (slowest is None or slowest <= timeout * 1000)
+            add(
+                "accepted requests finish within their deadline at 2x saturation (continuous)",
+                f"0 late (deadline {timeout:.0f} s)",
+                f"{late} late, slowest {_n(None if slowest is None else slowest / 1000, '.1f')} s",
+                in_time,
+                "504 + failed among the accepted",
+            )
+            earlier = [
+                p.get("rss_max") for p in (s or {}).get("points", []) if p is not top and p.get("rss_max")
+            ]
+            growth = _ratio(top.get("rss_max"), max(earlier) if earlier else None)
+            add(
+                "server RSS flat at 2x saturation (continuous)",
+                f"<= {RSS_GROWTH_LIMIT:.2f}x the earlier peak",
+                _fmt(growth, "x"),
+                None if growth is None else growth <= RSS_GROWTH_LIMIT,
+                f"peak {_mib(top.get('rss_max'))} vs {_mib(max(earlier) if earlier else None)} before",
+            )
+    return out
+
+
+def _paired(report, workload, point, direct: dict) -> list[float]:
+    """Served minus direct latency of the same requests (by index; the JSON, not streamed, ones)."""
+    if point is None or not direct:
+        return []
+    served = point.get("records_latency_ms") or {}
+    return [served[i] - direct[i] for i in served if i in direct]
+
+
+def _median(values: list[float]) -> float:
+    from clipcap.benchmarks.timing import median
+
+    return median(values)
+
+
+def _fmt(value: float | None, unit: str) -> str | None:
+    return None if value is None else f"{value:.2f}{unit}"
+
+
+def _short(value: float | None, goal: float, unit: str, higher: bool) -> str:
+    if value is None:
+        return ""
+    if (value >= goal) if higher else (value <= goal):
+        return ""
+    gap = goal - value if higher else value - goal
+    return f"missed by {gap:.2f}{unit} ({value / goal * 100:.0f}% of the goal)"
+
+
+def _verdict(t: dict[str, Any]) -> str:
+    if t["met"] is None:
+        return "not measured" + (f": {t['how']}" if t["measured"] is None else "")
+    return "met" if t["met"] else "missed" + (f": {t['note']}" if t["note"] else "")
+
+
+# --------------------------------------------------------------------------------------------------
+# Markdown
+
+
+def _n(value: float | None, fmt: str = ".1f") -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def _mib(value: float | None) -> str:
+    return "–" if value is None else f"{value / 2**20:.0f} MiB"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    return lines + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def point_label(p: dict[str, Any]) -> str:
+    if p["kind"] == "closed":
+        return f"closed c={p['concurrency']}"
+    basis = " (static's)" if p.get("rate_basis") == "static" else ""
+    return f"open {p['fraction_of_saturation']:.2f}x{basis}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, c = report["machine"], report["config"]
+    lines = ["# clipcap bench serve", ""]
+    if c.get("quick"):
+        lines += [
+            "**Quick mode**: a tiny model and short points, to check that everything runs; its numbers "
+            "mean nothing.",
+            "",
+        ]
+    memory = f", {m['memory_bytes'] / 2**30:.0f} GiB memory" if m.get("memory_bytes") else ""
+    lines += [
+        f"Machine: {m['cpu']}, {m['cores']} cores{memory}; the server and the load generator share it "
+        f"(server threads: {m['threads']}).",
+        f"Software: Python {m['python']}, onnxruntime {m['onnxruntime']}, uvicorn {m['uvicorn']}, "
+        f"FastAPI {m['fastapi']}, httpx {m['httpx']}; {m['os']}.",
+        "",
+        f"Reproduce: `{c['command']}`",
+        "",
+    ]
+    load = m.get("load_average_at_start")
+    if load is not None and load >= 0.5:
+        lines += [
+            f"**Warning**: the load average was {load:.1f} when the run started; the numbers are noisy.",
+            "",
+        ]
+    lines += [
+        f"Requests: {c['requests']}. Each scheduler runs in a fresh `python -m clipcap.serve` process on "
+        f"127.0.0.1 with at most {c['max_batch_rows']} rows per batch, {c['max_waiting']} waiting requests "
+        "and a "
+        f"{c['request_timeout']:.0f} s deadline. Points: closed loop at concurrency "
+        f"{', '.join(map(str, c['concurrency']))} ({c['duration']:.1f} s of sending, at most "
+        f"{c['max_requests']} "
+        f"requests, then the requests in flight finish); open loop with Poisson arrivals at "
+        f"{', '.join(f'{f:g}' for f in c['load_fractions'])} x the scheduler's closed-loop peak "
+        "(its saturation), "
+        f"and continuous also at 70 % of static's. The whole run took {report['seconds']:.0f} s.",
+        "",
+    ]
+    for w in report["workloads"]:
+        lines += [f"## {w['name']}", "", w["description"] + ".", ""]
+        header = [
+            "scheduler", "point", "offered/s", "captions/s", "p50 ms", "p90 ms", "p99 ms", "TTFT p50",
+            "TTFT p99", "queue p50", "rows/step", "ok", "503", "504", "failed", "RSS",
+        ]  # fmt: skip
+        rows = []
+        for s in w["servers"]:
+            for p in s["points"]:
+                rows.append(
+                    [
+                        s["scheduler"],
+                        point_label(p),
+                        _n(p.get("offered_per_s"), ".2f"),
+                        _n(p["captions_per_s"], ".2f"),
+                        *(
+                            _n(p.get(k), ".0f")
+                            for k in ("latency_ms_p50", "latency_ms_p90", "latency_ms_p99")
+                        ),
+                        *(_n(p.get(k), ".0f") for k in ("ttft_ms_p50", "ttft_ms_p99", "queue_ms_p50")),
+                        _n(p.get("rows_per_step_mean")),
+                        str(p["ok"]),
+                        str(p["rejected"]),
+                        str(p["timed_out"]),
+                        str(p["failed"]),
+                        _mib(p.get("rss_max")),
+                    ]
+                )
+            if s.get("error"):
+                rows.append([s["scheduler"], f"**error**: {s['error']}", *[""] * (len(header) - 2)])
+        lines += [*_table(header, rows), ""]
+        direct, offline = w.get("direct") or {}, w.get("offline") or {}
+        notes = []
+        if direct:
+            notes.append(
+                "direct `Captioner.caption`, one request at a time: p50 "
+                f"{_n(direct['latency_ms_p50'])} ms over "
+                f"{len(direct['latency_ms'])} requests"
+            )
+        if offline:
+            notes.append(
+                f"offline batch {offline['batch']} (`clipcap bench`'s onnxruntime backend, "
+                f"{offline['new_tokens']} "
+                f"tokens each): {_n(offline['captions_per_s'], '.2f')} captions/s"
+            )
+        for s in w["servers"]:
+            notes.append(
+                f"{s['scheduler']}: ready {s['ready_s']:.1f} s after start, saturation "
+                f"{_n(s.get('saturation_captions_per_s'), '.2f')} captions/s, exit status "
+                f"{s.get('exit_code')}"
+            )
+        lines += [f"- {n}" for n in notes] + [""]
+    ts = report.get("targets") or targets(report)
+    if ts:
+        lines += ["## Targets (issue 13)", ""]
+        if c.get("quick"):
+            lines += [
+                "Computed on the quick mode's tiny model: they show the report works, nothing about "
+                "the goals.",
+                "",
+            ]
+        rows = [
+            [t["workload"], t["target"], t["goal"], t["measured"] or "–", _verdict(t), t["how"]] for t in ts
+        ]
+        lines += [*_table(["workload", "target", "goal", "measured", "verdict", "how"], rows), ""]
+    lines += [
+        "Latency: from sending the request to the whole answer (the `done` event for streamed ones); TTFT: "
+        "to the first `token` event (streamed requests only); queue: the server's `timing.queue_ms`; "
+        "rows/step: the mean rows of a decode step (`clipcap_batch_step_rows` in /metrics); RSS: the "
+        "server process's peak resident memory during the point.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = []
+    for w in report["workloads"]:
+        for s in w["servers"]:
+            c16 = closed_point(w, s["scheduler"], 16)
+            lines.append(
+                f"{w['name']:<14} {s['scheduler']:<10} saturation "
+                f"{_n(s.get('saturation_captions_per_s'), '.2f')} "
+                f"captions/s"
+                + (
+                    f", c=16 {c16['captions_per_s']:.2f}/s p99 {c16['latency_ms_p99']:.0f} ms"
+                    if c16 and c16.get("latency_ms_p99")
+                    else ""
+                )
+            )
+    for t in report.get("targets") or targets(report):
+        lines.append(
+            f"target [{t['workload']}] {t['target']}: {t['measured'] or '-'} (goal {t['goal']}): "
+            f"{_verdict(t)}"
+        )
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plot
+
+
+def plot(report: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    workloads = report["workloads"]
+    fig, axes = plt.subplots(2, len(workloads), figsize=(5.2 * len(workloads) + 1, 8.5), squeeze=False)
+    for col, w in enumerate(workloads):
+        for row, kind in enumerate(("closed", "open")):
+            ax = axes[row][col]
+            for s in w["servers"]:
+                points = sorted(
+                    (p for p in s["points"] if p["kind"] == kind and p.get("latency_ms_p50") is not None),
+                    key=lambda p: p["offered_per_s"] if kind == "open" else p["concurrency"],
+                )
+                if not points:
+                    continue
+                colour = COLOURS.get(s["scheduler"], "#555555")
+                xs = [p["captions_per_s"] for p in points]
+                ax.plot(xs, [p["latency_ms_p50"] for p in points], "-o", color=colour, ms=5)
+                ax.plot(xs, [p["latency_ms_p99"] for p in points], "--^", color=colour, ms=5, alpha=0.85)
+                if kind == "closed":
+                    for p in points:
+                        ax.annotate(
+                            f"c{p['concurrency']}", (p["captions_per_s"], p["latency_ms_p50"]),
+                            textcoords="offset points", xytext=(4, -10), fontsize=7, color=colour,
+                        )  # fmt: skip
+            ax.set_yscale("log")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.set_xlabel("throughput (captions / s)")
+            ax.set_ylabel("latency (ms)")
+            what = "closed loop (concurrency)" if kind == "closed" else "open loop (Poisson, offered load)"
+            ax.set_title(f"{w['name']}: {what}", fontsize=10)
+    handles = [Line2D([], [], color=COLOURS[s], lw=2.5) for s in COLOURS]
+    handles += [
+        Line2D([], [], color="#444", ls="-", marker="o"),
+        Line2D([], [], color="#444", ls="--", marker="^"),
+    ]
+    labels = [*COLOURS, "p50", "p99"]
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), frameon=False)
+    m = report["machine"]
+    title = f"clipcap bench serve: {m['cpu']}, {m['threads']} threads"
+    if report["config"].get("quick"):
+        title += " (quick mode: a tiny model)"
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.96))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
