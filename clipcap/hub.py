@@ -122,3 +122,111 @@ def _hub() -> Any:
     import huggingface_hub.errors
 
     return huggingface_hub
+
+
+# --- publishing -------------------------------------------------------------------------------------
+
+
+def model_card(manifest: dict[str, Any], repo: str, folder: str = "") -> str:
+    """A Hub model card (README.md) for a bundle: what it is, where it came from, how it was
+    verified, how to caption with it. Everything in it is read off the manifest."""
+    model, clip = manifest["model"], manifest.get("clip") or {}
+    generation, verification = manifest.get("generation", {}), manifest.get("verification") or {}
+    name = f"hf:{repo}" + (f"/{folder}" if folder else "")
+    greedy = verification.get("greedy") or {}
+    graphs = verification.get("graphs") or []
+    worst = max((g.get("max_abs_diff", 0.0) for g in graphs), default=None)
+    verdict = {True: "passed", False: "FAILED", None: "skipped"}[verification.get("passed")]
+    lines = [
+        "---",
+        "library_name: onnx",
+        "pipeline_tag: image-to-text",
+        "tags: [clipcap, image-captioning, onnx, onnxruntime, clipcap-onnx]",
+        "---",
+        "",
+        f"# ClipCap ({manifest.get('variant', '?')} variant), ONNX bundle, {manifest['precision']}",
+        "",
+        "A [ClipCap](https://arxiv.org/abs/2111.09734) image captioner exported by "
+        f"{manifest.get('created_by', 'clipcap-onnx')}: a CLIP image "
+        "encoder, the mapping network and GPT-2 with its KV cache as ONNX graphs, captioned with "
+        "ONNX Runtime alone (no PyTorch).",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| source checkpoint format | {manifest.get('source_format', '?')} |",
+        f"| precision | {manifest['precision']} |",
+        f"| CLIP | {clip.get('backend', '?')} {clip.get('model', '?')} ({model['clip_dim']}-d embeddings) |",
+        f"| mapper | {model['mapper']}, prefix length {model['prefix_length']} |",
+        f"| GPT-2 | {model['n_layer']} layers x {model['embed_dim']}, {model['n_head']} heads, "
+        f"vocabulary {model['vocab_size']} |",
+        f"| decoding defaults | {generation.get('strategy', 'greedy')}, at most "
+        f"{generation.get('max_new_tokens', '?')} tokens, "
+        f"stop tokens {generation.get('stop_token_ids', [])} |",
+        f"| verification against PyTorch | {verdict}: greedy captions identical "
+        f"{greedy.get('exact_sequences', '?')}/{greedy.get('sequences', '?')}, token agreement "
+        f"{greedy.get('token_agreement', '?')}, largest output difference {worst} |",
+        "",
+        "## Caption with it",
+        "",
+        "```sh",
+        "pip install clipcap-onnx",
+        f"clipcap caption photo.jpg --bundle {name}",
+        "```",
+        "",
+        "```python",
+        "from clipcap.runtime import Captioner",
+        "",
+        f'print(Captioner("{name}").caption("photo.jpg").text)',
+        "```",
+        "",
+        "Every file is listed with its SHA-256 in `clipcap.json`, and checked when the bundle opens.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def push_bundle(
+    bundle: str | Path,
+    repo: str,
+    *,
+    folder: str = "",
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+) -> str:
+    """Upload a bundle (checked first, as the runtime checks it) to a Hub model repository, with a
+    model card at the repository's root; returns the commit's URL."""
+    from clipcap.runtime.bundle import open_bundle
+
+    bundle = Path(bundle)
+    manifest = open_bundle(bundle, check_files=True).manifest  # never publish a broken bundle
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise OptionsError(f"{repo!r} is not a Hub repository name: write OWNER/REPO")
+    hub = _hub()
+    if hub.constants.HF_HUB_OFFLINE:
+        raise OptionsError(
+            f"cannot push to {repo}: HF_HUB_OFFLINE is set; unset it and log in (`hf auth login`)"
+        )
+    api = hub.HfApi()
+    ref = HubRef(repo, folder.strip("/"), revision)
+    with _hub_errors(ref, OptionsError):
+        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        operations = [
+            hub.CommitOperationAdd(
+                path_in_repo="README.md", path_or_fileobj=model_card(manifest, repo, folder).encode()
+            )
+        ]
+        operations += [
+            hub.CommitOperationAdd(
+                path_in_repo=f"{ref.path}/{p.name}" if ref.path else p.name, path_or_fileobj=p
+            )
+            for p in sorted(bundle.iterdir())
+            if p.is_file()
+        ]
+        info = api.create_commit(
+            repo,
+            operations,
+            commit_message=message or f"clipcap-onnx bundle ({manifest['precision']})",
+            revision=revision,
+        )
+    return str(info.commit_url)

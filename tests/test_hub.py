@@ -124,3 +124,23 @@ def test_load_checkpoint_takes_a_hub_file(hub_cache, tmp_path):
         assert torch.equal(a, b), name
     with pytest.raises(OptionsError, match=r"hf:me/clipcap/other\.pt: not in the Hugging Face cache"):
         clipcap.load_checkpoint("hf:me/clipcap/other.pt")
+
+
+def test_model_card_is_read_off_the_manifest(tiny_bundle):
+    import json
+
+    manifest = json.loads((tiny_bundle[0] / "clipcap.json").read_text())
+    card = hub.model_card(manifest, "me/tiny", "fp32")
+    assert card.startswith("---\nlibrary_name: onnx\npipeline_tag: image-to-text\n")
+    assert "clipcap caption photo.jpg --bundle hf:me/tiny/fp32" in card
+    assert 'Captioner("hf:me/tiny/fp32")' in card
+    greedy = manifest["verification"]["greedy"]
+    assert f"passed: greedy captions identical {greedy['exact_sequences']}/{greedy['sequences']}" in card
+    assert f"| precision | {manifest['precision']} |" in card
+
+
+def test_push_refuses_offline_and_bad_names(tiny_bundle, hub_cache):
+    with pytest.raises(OptionsError, match="HF_HUB_OFFLINE is set"):
+        hub.push_bundle(tiny_bundle[0], "me/tiny")
+    with pytest.raises(OptionsError, match="not a Hub repository name"):
+        hub.push_bundle(tiny_bundle[0], "no-owner")

@@ -27,6 +27,7 @@ TORCH_FREE_MODULES = (
     "clipcap.logs",
     "clipcap.machine",
     "clipcap.jsonfile",
+    "clipcap.hub",
     "clipcap.models",
     "clipcap.data",
     "clipcap.data.datasets",
