@@ -620,3 +620,34 @@ def test_bench_alone_works_without_the_serve_module(bench_calls, monkeypatch):
     with pytest.raises(SystemExit) as usage:
         main(["bench", "serve"])
     assert usage.value.code == 2
+
+
+def test_info_on_a_bundle_needs_no_torch(tiny_bundle):
+    bundle = str(tiny_bundle[0])
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from clipcap.cli import main\n"
+        f"sys.exit(main(['info', {bundle!r}]) or main(['info', {bundle!r}, '--json']))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    text, line = done.stdout.rsplit("\n", 2)[:2]
+    assert any(row.startswith("precision") and row.endswith(" fp32") for row in text.splitlines()), text
+    assert json.loads(line)["precision"] == "fp32"
+
+
+def test_info_on_a_bundle_refuses_checkpoint_settings(tiny_bundle, capsys):
+    assert main(["info", str(tiny_bundle[0]), "--mapper-heads", "4"]) == 2
+    assert "is a bundle, which records its own settings: --mapper-heads" in capsys.readouterr().err
+
+
+def test_bench_serve_reaches_the_real_module_when_present(monkeypatch, bench_calls):
+    from clipcap.cli.bench import serve_module
+
+    module = serve_module()
+    if module is None:
+        pytest.skip("clipcap.benchmarks.serve_command is not written yet")
+    seen = []
+    monkeypatch.setattr(module, "run", lambda args: seen.append(args._command) or 0)
+    assert main(["bench", "serve", "--quick"]) == 0 and seen == ["bench serve"]
+    assert main(["bench", "--quick"]) == 0 and bench_calls == [("bench", True, None)]

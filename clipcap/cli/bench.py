@@ -121,7 +121,13 @@ def add_arguments(parser) -> None:
     if module is not None:  # `clipcap bench` alone stays the model benchmark: the subcommand is optional
         from clipcap.cli import add_command
 
-        sub = parser.add_subparsers(title="subcommands", dest="_bench", metavar="serve", required=False)
+        sub = parser.add_subparsers(
+            title="subcommands (optional)",
+            description="without one, `clipcap bench` is the model benchmark above",
+            dest="_bench",
+            metavar="[serve]",
+            required=False,
+        )
         add_command(sub, "serve", ServeBench(module), _command="bench serve")
 
 

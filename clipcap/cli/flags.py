@@ -252,9 +252,12 @@ def clip_encoder(args, default=None):
 # --- checkpoint settings --------------------------------------------------------------------------
 
 
-def add_checkpoint_flags(parser) -> None:
+CHECKPOINT = "a checkpoint file (.pt/.pth/.safetensors) or directory"
+
+
+def add_checkpoint_flags(parser, what: str = CHECKPOINT) -> None:
     """The checkpoint positional and the settings its weights cannot tell; read back by ``load_model``."""
-    parser.add_argument("checkpoint", help="a checkpoint file (.pt/.pth/.safetensors) or directory")
+    parser.add_argument("checkpoint", help=what)
     group = parser.add_argument_group("the checkpoint, and what its weights cannot tell")
     choices = ("auto", "seed", "original", "clipcap")
     group.add_argument(
@@ -279,6 +282,17 @@ def add_checkpoint_flags(parser) -> None:
         "distilgpt2, or a GPT-2 config.json (default: from the width, for the standard sizes)",
     )
     group.add_argument("--mapper-heads", type=int, metavar="N", help="transformer mapper heads (default: 8)")
+
+
+def checkpoint_settings_given(args) -> list[str]:
+    """The checkpoint settings the user gave (a bundle records its own: they do not apply to it)."""
+    given = {
+        "--checkpoint-format": args.checkpoint_format != "auto",
+        "--normalize-prefix": args.normalize_prefix is not None,
+        "--gpt2-config": args.gpt2_config is not None,
+        "--mapper-heads": args.mapper_heads is not None,
+    }
+    return [flag for flag, set_ in given.items() if set_]
 
 
 def load_model(args):
