@@ -106,7 +106,12 @@ def add_arguments(parser) -> None:
         "--no-trained", action="store_true", help="skip that check of quantized captions on trained models"
     )
     running = parser.add_argument_group("running")
-    flags.add_runtime_flags(running, fallback=False, threads="PyTorch and ONNX Runtime threads")
+    flags.add_runtime_flags(
+        running,
+        provider="cuda: onnxruntime-gpu and CUDA PyTorch",
+        fallback=False,
+        threads="PyTorch and ONNX Runtime threads",
+    )
     running.add_argument(
         "--cache",
         metavar="DIR",

@@ -54,7 +54,9 @@ def add_arguments(parser) -> None:
     data.add_argument("--limit", type=int, metavar="N", help="only the split's first N images")
     flags.add_decoding_flags(parser, "the bundle's or checkpoint's")
     running = parser.add_argument_group("running")
-    flags.add_runtime_flags(running, fallback=False, threads=None)
+    flags.add_runtime_flags(
+        running, provider="where ONNX Runtime runs, for --bundle", fallback=False, threads=None
+    )
     running.add_argument(
         "--device", metavar="DEVICE", help="PyTorch's, for --checkpoint: cpu (default), cuda"
     )

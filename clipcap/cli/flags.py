@@ -71,19 +71,23 @@ def require_torch(extra: str = "export") -> None:
 # --- output -----------------------------------------------------------------------------------------
 
 
-def add_out_flag(parser, *, metavar: str, help: str, required: bool = False, default=None, old=()) -> None:
-    """``-o/--out``: what the command writes (a directory or a report file); ``old`` spellings kept."""
+def add_out_flag(parser, *, metavar: str, help: str, required: bool = False, default=None) -> None:
+    """``-o/--out``: what the command writes, a directory or a report file (the one spelling for it)."""
     parser.add_argument("-o", "--out", required=required, default=default, metavar=metavar, help=help)
-    if old:
-        hidden_alias(parser, *old, dest="out", metavar=metavar)
 
 
 # --- runtime: where ONNX Runtime (or the benchmark) runs ---------------------------------------------
 
 
-def add_runtime_flags(parser, *, fallback: bool = True, threads: str | None = "ONNX Runtime threads") -> None:
+def add_runtime_flags(
+    parser,
+    *,
+    provider: str = "where ONNX Runtime runs",
+    fallback: bool = True,
+    threads: str | None = "ONNX Runtime threads",
+) -> None:
     """--provider (default cpu), --fallback-to-cpu, --threads; read back by ``runtime_settings``."""
-    parser.add_argument("--provider", choices=("cpu", "cuda"), help="where ONNX Runtime runs (default: cpu)")
+    parser.add_argument("--provider", choices=("cpu", "cuda"), help=f"{provider} (default: cpu)")
     if fallback:
         parser.add_argument(
             "--fallback-to-cpu",
