@@ -89,6 +89,13 @@ def _selector(options: DecodingOptions, batch: int) -> Selector:
     return sample
 
 
+def selector(options: DecodingOptions, batch: int) -> Selector:
+    """The token picker ``decode`` uses for greedy and sampling, for ``batch`` images with one
+    generator per image (seeded ``[seed, b]``). Public so that ``clipcap.serve``, which decodes a
+    request's rows inside a shared batch, picks exactly the tokens ``decode`` would."""
+    return _selector(options, batch)
+
+
 def _decode_one_path(inference: Inference, prefix: np.ndarray, options: DecodingOptions) -> list[Generation]:
     B = prefix.shape[0]
     select = _selector(options, B)
