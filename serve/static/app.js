@@ -253,7 +253,13 @@ function addFiles(fileList) {
     const thumb = card.querySelector(".thumb");
     thumb.src = URL.createObjectURL(file);
     thumb.alt = file.name;
-    thumb.onerror = () => thumb.removeAttribute("src");
+    thumb.onerror = () => {
+      // Not a picture the browser can show (the server will say whether it can read it).
+      const blank = document.createElement("div");
+      blank.className = "thumb blank";
+      blank.textContent = "no preview";
+      thumb.replaceWith(blank);
+    };
     card.querySelector(".name").textContent = file.name;
     list.append(card);
     state.files.push({ file, card });
@@ -308,7 +314,7 @@ function setUp() {
   });
   $("#clear").addEventListener("click", () => {
     for (const { card } of state.files) {
-      const src = card.querySelector(".thumb").src;
+      const src = card.querySelector("img.thumb")?.src;
       if (src) URL.revokeObjectURL(src);
     }
     state.files = [];
