@@ -174,11 +174,26 @@ class ServeBenchOptions:
             d[name] = list(d[name])
         return d
 
-    def estimate_s(self, workloads: int) -> float:
-        """A rough upper estimate of the run's length: each point's sending time plus its drain."""
-        points = len(self.concurrency) + len(self.load_fractions) + 1
-        per_server = 15 + points * (self.duration + (2 if self.quick else 6))
-        return workloads * len(self.schedulers) * per_server + workloads * (5 if self.quick else 30)
+    def points(self, trained: bool) -> tuple[tuple[int, ...], tuple[float, ...]]:
+        """(concurrencies, load fractions) of a workload: all of them for the random-weight models
+        (the targets' workload); for the demo's trained bundles, concurrency 1 and 16 and the open
+        loop at 0.7x and 2x (enough to see real EOS lengths under load, within the run's time)."""
+        if not trained:
+            return self.concurrency, self.load_fractions
+        concurrency = tuple(c for c in self.concurrency if c in (1, 16)) or self.concurrency[:1]
+        fractions = tuple(f for f in self.load_fractions if f in (0.7, 2.0)) or self.load_fractions[-1:]
+        return concurrency, fractions
+
+    def estimate_s(self, workloads: list[Workload]) -> float:
+        """A rough upper estimate of the run's length: each point's sending time plus its drain, each
+        server's start, and the baselines."""
+        total = 0.0
+        for w in workloads:
+            concurrency, fractions = self.points(w.trained)
+            points = len(concurrency) + len(fractions) + 1
+            per_server = (4 if self.quick else 12) + points * (self.duration + (1 if self.quick else 5))
+            total += len(self.schedulers) * per_server + (3 if self.quick else 25)
+        return total
 
 
 @dataclass
@@ -209,7 +224,7 @@ def run_serve_bench(options: ServeBenchOptions, say: Say | None = None) -> dict[
     workloads = prepare_workloads(options, say)
     say(
         f"{len(workloads)} workload(s) x {len(options.schedulers)} scheduler(s); expected at most "
-        f"~{options.estimate_s(len(workloads)) / 60:.0f} min"
+        f"~{options.estimate_s(workloads) / 60:.0f} min"
     )
     images = bench_images(8 if not options.quick else 4, options.seed)
     report: dict[str, Any] = {
@@ -275,7 +290,7 @@ def prepare_workloads(options: ServeBenchOptions, say: Say) -> list[Workload]:
         from clipcap.benchmarks.trained import read_demo
 
         demo = read_demo(options.demo_dir)
-        for row in demo["variants"]:
+        for row in (r for r in demo["variants"] if r["variant"] == options.variant):
             bundle = Path(row["bundle"])
             manifest = json.loads((bundle / "clipcap.json").read_text())
             model = manifest["model"]
@@ -450,18 +465,15 @@ def bench_server(
         try:
             asyncio.run(_warm_up(server, options, workload, images))
             out["rss_after_warmup"] = server.rss_bytes()
-            for c in options.concurrency:
+            concurrencies, fractions = options.points(workload.trained)
+            for c in concurrencies:
                 points.append(_point(server, options, workload, images, "closed", c, None, say, scheduler))
             closed = [p["captions_per_s"] for p in points]
             sat = max(closed) if closed else 0.0
             saturation[scheduler] = sat
             out["saturation_captions_per_s"] = sat
-            rates = [(f, f * sat, "own") for f in options.load_fractions]
-            if (
-                scheduler == "static"
-                and "continuous" in options.schedulers
-                and 0.7 not in options.load_fractions
-            ):
+            rates = [(f, f * sat, "own") for f in fractions]
+            if scheduler == "static" and "continuous" in options.schedulers and 0.7 not in fractions:
                 rates.append((0.7, 0.7 * sat, "own"))  # the rate continuous is compared at
             if scheduler == "continuous" and "static" in saturation:
                 rates.append(
@@ -515,7 +527,7 @@ def _point(
         **summary,
         "decode_steps": steps,
         "rows_per_step_mean": rows / steps if steps else None,
-        "generated_tokens": _delta(before, after, "clipcap_generated_tokens_total"),
+        "generated_tokens": _delta(before, after, "clipcap_request_generated_tokens_total"),
         "rss_start": rss[0] if rss else None,
         "rss_max": max(rss) if rss else None,
         "rss_end": rss[-1] if rss else None,

@@ -327,7 +327,11 @@ def test_bad_options_are_config_errors(tmp_path):
     assert quick.precisions == ("fp32",) and quick.concurrency == (1, 4) and not quick.trained_check
     full = ServeBenchOptions(cache_dir=tmp_path)
     assert full.concurrency == (1, 4, 16, 64) and full.precisions == ("fp32", "int8")
-    assert full.estimate_s(2) < 25 * 60  # the full run is meant to fit in ~20 minutes
+    from clipcap.benchmarks.serve_run import Workload
+
+    workloads = [Workload(n, tmp_path, "fp32", trained, 100) for n, trained in (("a", 0), ("b", 0), ("d", 1))]
+    assert full.estimate_s(workloads) < 20 * 60  # the full run is meant to fit in ~20 minutes
+    assert full.points(trained=True) == ((1, 16), (0.7, 2.0)) and full.points(False)[0] == (1, 4, 16, 64)
 
 
 def test_command_line_parses_into_options(tmp_path):
