@@ -39,7 +39,9 @@ class ServeError(Exception):
         self.status = status
 
 
-Event = tuple[str, Any]  # ("token", (index, token_id)) | ("done", list[Generation]) | ("error", ServeError)
+# ("token", (image, token id)) and ("result", (image, Generation)) when streaming, then
+# ("done", [Generation per image]) or ("error", ServeError)
+Event = tuple[str, Any]
 
 
 @dataclass(eq=False)
@@ -113,6 +115,9 @@ class PathDecoder:
         self.job.tokens_out += len(next_tokens)
         self.step += 1
         finished = np.isin(next_tokens, self.stops) | (self.step == self.options.max_new_tokens)
+        if self.job.stream:
+            for b in self.alive[finished]:
+                self.job.emit(("result", (int(b), Generation(self.tokens[b], float(self.scores[b])))))
         keep = np.flatnonzero(~finished)
         self.alive = self.alive[keep]
         if not len(keep):
