@@ -190,7 +190,7 @@ def test_caption_plain_and_embeddings(tiny_bundle, images, tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--top-k", "0", "--strategy", "top-k"], "top_k must be >= 1"),
+        (["--top-k", "-1", "--strategy", "top-k"], "top_k must be >= "),
         (["--top-p", "0"], "top_p must be in (0, 1]"),
         (["--max-new-tokens", "999"], "does not fit"),
         (["--provider", "cuda"], "not available"),
@@ -388,7 +388,7 @@ def test_exit_codes(monkeypatch, capsys):
 def test_caption_without_inputs_is_a_usage_error(tiny_bundle, capsys):
     assert main(["caption", "--bundle", str(tiny_bundle[0])]) == 2
     assert capsys.readouterr().err == (
-        "clipcap caption: error: give IMAGE paths or --embeddings FILE.npy (one of the two)\n"
+        "clipcap caption: error: give IMAGE paths or --embeddings FILE (one of the two)\n"
     )
 
 
@@ -651,3 +651,26 @@ def test_bench_serve_reaches_the_real_module_when_present(monkeypatch, bench_cal
     monkeypatch.setattr(module, "run", lambda args: seen.append(args._command) or 0)
     assert main(["bench", "serve", "--quick"]) == 0 and seen == ["bench serve"]
     assert main(["bench", "--quick"]) == 0 and bench_calls == [("bench", True, None)]
+
+
+def test_caption_embeddings_reads_npy_and_embedding_sets_and_refuses_bad_files(tiny_bundle, tmp_path, capsys):
+    np = pytest.importorskip("numpy")
+    from clipcap.data.embeddings import write_embeddings
+
+    bundle = ["--bundle", str(tiny_bundle[0]), "--max-new-tokens", "2"]
+    records = [
+        {"image": f"{i}.jpg", "image_id": str(i), "captions": ["a cat"], "split": "test"} for i in range(2)
+    ]
+    embeds = np.random.default_rng(1).normal(size=(2, 32)).astype(np.float32)
+    data = write_embeddings(tmp_path / "set", embeds, records)
+    np.save(tmp_path / "e.npy", embeds)
+    assert main(["caption", "--embeddings", str(tmp_path / "e.npy"), *bundle]) == 0
+    from_npy = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert main(["caption", "--embeddings", str(data), *bundle]) == 0
+    from_set = [line.split("\t")[1] for line in capsys.readouterr().out.splitlines()]
+    assert from_npy == from_set and len(from_set) == 2
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY junk")
+    for bad in (tmp_path / "bad.npy", tmp_path / "missing.npy"):
+        assert main(["caption", "--embeddings", str(bad), *bundle]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"clipcap caption: error: {bad}") and err.count("\n") == 1, err

@@ -6,7 +6,7 @@ import json
 import sys
 
 from clipcap.cli import flags
-from clipcap.errors import ClipCapError, ConfigError
+from clipcap.errors import ConfigError
 
 HELP = "caption images with an exported bundle (ONNX Runtime; no PyTorch needed)"
 DESCRIPTION = (
@@ -20,6 +20,7 @@ Examples:
   clipcap caption photo.jpg more/*.jpg --bundle coco-bundle
   clipcap caption photo.jpg --bundle coco-bundle --strategy beam --beam-size 5 --json
   clipcap caption --embeddings clip.npy --bundle coco-bundle     # precomputed [N, D]
+  clipcap caption --embeddings coco-embeds --bundle coco-bundle  # an embedding set
 """
 
 
@@ -27,7 +28,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files (JPEG, PNG, WebP, ...)")
     parser.add_argument("--bundle", required=True, metavar="DIR", help="the bundle directory")
     parser.add_argument(
-        "--embeddings", metavar="FILE.npy", help="caption CLIP embeddings [N, D] instead of images"
+        "--embeddings",
+        metavar="FILE",
+        help="caption CLIP embeddings instead of images: a .npy float array [N, D], or an embedding set "
+        "from `clipcap embed` (its folder or its embeddings.safetensors)",
     )
     parser.add_argument("--json", action="store_true", help="one JSON object per input, per line, on stdout")
     flags.add_decoding_flags(parser, "the bundle's", stop=True)
@@ -40,11 +44,13 @@ def run(args) -> int:
     from clipcap.runtime import Captioner, ImageError
 
     if bool(args.images) == bool(args.embeddings):
-        raise ConfigError("give IMAGE paths or --embeddings FILE.npy (one of the two)")
+        raise ConfigError("give IMAGE paths or --embeddings FILE (one of the two)")
     captioner = Captioner(args.bundle, **flags.runtime_settings(args))
     # Bad options fail here, before any work.
     options = captioner.options(stop_strings=args.stop, **flags.decoding_overrides(args))
     if args.embeddings:
+        from clipcap.runtime.arrays import read_embeddings  # bounded: the header is checked first
+
         embeddings = read_embeddings(args.embeddings)
         names = [f"{args.embeddings}[{i}]" for i in range(len(embeddings))]
         results = captioner.caption_embeddings(embeddings, options, batch_size=args.batch_size)
@@ -65,15 +71,3 @@ def run(args) -> int:
         else:
             print(f"{name}\t{result.text}")
     return 1 if failed else 0
-
-
-def read_embeddings(path: str):
-    """The [N, D] embeddings of --embeddings FILE.npy."""
-    import numpy as np
-
-    try:
-        return np.load(path, allow_pickle=False)
-    except ClipCapError:
-        raise
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not a readable .npy array ({e})") from None
