@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,34 @@ CLIP_BACKENDS = ("open_clip", "hf")
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# Bounds on the sizes a config file controls: far above any GPT-2 / CLIP in use (GPT-2 XL: 1600
+# wide, 48 layers, 1024 positions), low enough that a hostile file cannot ask for terabytes.
+GPT2_LIMITS = {
+    "vocab_size": 1 << 22,
+    "n_positions": 1 << 16,
+    "n_embd": 1 << 16,
+    "n_layer": 1024,
+    "n_head": 1024,
+}
+MAX_DIM = 1 << 16
+MAX_IMAGE_SIZE = 8192
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _check_int(name: str, value: Any, low: int, high: int) -> None:
+    if not _is_int(value):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low} and {high}, got {value}")
+
 
 # n_head is not visible in GPT-2's weights; the standard sizes give it from the width.
 STANDARD_GPT2_HEADS = {768: 12, 1024: 16, 1280: 20, 1600: 25}
@@ -35,9 +64,11 @@ class GPT2Config:
     layer_norm_epsilon: float = 1e-5
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"gpt2.{name} must be >= 1, got {getattr(self, name)}")
+        # Checked before any weight is allocated: a config.json's numbers size the model.
+        for name, high in GPT2_LIMITS.items():
+            _check_int(f"gpt2.{name}", getattr(self, name), 1, high)
+        if not _is_number(self.layer_norm_epsilon) or not 0 < self.layer_norm_epsilon < 1:
+            raise ConfigError(f"gpt2.layer_norm_epsilon must be in (0, 1), got {self.layer_norm_epsilon!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"gpt2.n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 
@@ -67,6 +98,10 @@ class MapperConfig:
     def __post_init__(self) -> None:
         if self.kind not in MAPPER_KINDS:
             raise ConfigError(f"mapper.kind must be one of {', '.join(MAPPER_KINDS)}, got {self.kind!r}")
+        for name in ("clip_dim", "prefix_length", "hidden_dim", "clip_length", "num_layers", "num_heads"):
+            _check_int(f"mapper.{name}", getattr(self, name), 0, MAX_DIM)
+        if not _is_number(self.mlp_ratio) or not 0 < self.mlp_ratio <= 64:
+            raise ConfigError(f"mapper.mlp_ratio must be a number in (0, 64], got {self.mlp_ratio!r}")
         if self.clip_dim < 1 or self.prefix_length < 1:
             raise ConfigError("mapper.clip_dim and mapper.prefix_length must be >= 1")
         if self.kind == "mlp" and self.hidden_dim < 1:
@@ -94,18 +129,29 @@ class Preprocessing:
     convention: str = "torchvision"
 
     def __post_init__(self) -> None:
+        _check_int("preprocessing.image_size", self.image_size, 1, MAX_IMAGE_SIZE)
+        for name in ("mean", "std"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(_is_number, values)):
+                raise ConfigError(f"preprocessing.{name} needs 3 finite numbers, got {values!r}")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
-        if self.image_size < 1:
-            raise ConfigError(f"preprocessing.image_size must be >= 1, got {self.image_size}")
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
-            raise ConfigError("preprocessing.mean and std need 3 values each, std > 0")
+        if min(self.std) <= 0:
+            raise ConfigError("preprocessing.std must be > 0")
+        for name in ("resize", "interpolation", "convention"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"preprocessing.{name} must be a string, got {getattr(self, name)!r}")
         if self.resize not in ("shortest", "longest", "squash"):
             raise ConfigError(
                 f"preprocessing.resize must be shortest, longest or squash, got {self.resize!r}"
             )
         if self.convention not in ("torchvision", "hf"):
             raise ConfigError(f"preprocessing.convention must be torchvision or hf, got {self.convention!r}")
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Preprocessing:
+        """From a manifest's or config's JSON object; unknown keys and wrong types are refused."""
+        return _build(cls, data)
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipcap.errors import ConfigError
+from clipcap.errors import BundleError
 
 BUNDLE_FORMAT = "clipcap-onnx-bundle"
 BUNDLE_FORMAT_VERSION = 1
 MANIFEST_NAME = "clipcap.json"
 TOKENIZER_NAME = "tokenizer.json"
 PRECISIONS = ("fp32", "fp16", "int8", "int4")
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -50,17 +51,21 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     """The manifest of a bundle directory, with its format checked (files are checked by the runtime)."""
     path = Path(directory) / MANIFEST_NAME
     if not path.is_file():
-        raise ConfigError(
+        raise BundleError(
             f"{directory}: not a clipcap bundle ({MANIFEST_NAME} is missing); make one with `clipcap export`"
         )
+    if path.stat().st_size > MAX_MANIFEST_BYTES:  # a manifest is ~10 kB; this is not one
+        raise BundleError(
+            f"{path}: {path.stat().st_size} bytes is too large for a manifest; export the bundle again"
+        )
     try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConfigError(f"{path}: unreadable manifest ({e}); export the bundle again") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise BundleError(f"{path}: unreadable manifest ({e}); export the bundle again") from None
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise ConfigError(f"{path}: not a {BUNDLE_FORMAT} manifest")
+        raise BundleError(f"{path}: not a {BUNDLE_FORMAT} manifest")
     if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise ConfigError(
+        raise BundleError(
             f"{path}: bundle format version {manifest.get('format_version')} is not supported by this "
             f"clipcap-onnx (it reads version {BUNDLE_FORMAT_VERSION}); export the bundle again"
         )

@@ -8,13 +8,16 @@ renamed into place only when everything passed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -77,54 +80,75 @@ def export_bundle(
             f"{out}: cannot write the bundle there ({e.strerror}); choose another directory"
         ) from None
 
-    try:
-        specs = [
-            image_encoder_spec(encoder),
-            mapper_spec(model),
-            decoder_spec(model),
-            cache_reorder_spec(model),
-        ]
-        scratch = work / "fp32"
-        scratch.mkdir()
-        fusion: dict[str, str] = {}
-        optimization: dict[str, str] = {}
-        for n, spec in enumerate(specs, 1):
-            say(f"[{n}/{len(specs) + 2}] tracing {spec.name} to ONNX (opset {opset})")
-            export_graph(spec, scratch / spec.file, opset)
-            fusion[spec.name] = (
-                fuse_transformer(scratch / spec.file) if spec.fuse else "none: not a transformer"
-            )
-            if precision != "fp32":
-                say(f"      converting {spec.name} to {precision}")
-            convert(scratch / spec.file, work / spec.file, precision, spec)
-            optimization[spec.name] = optimize(work / spec.file, precision)
-        shutil.rmtree(scratch)
-        tok.save(str(work / TOKENIZER_NAME), pretty=False)
+    # SIGTERM (a job scheduler, `kill`, a container stopping) cleans up like Ctrl-C does.
+    with _terminate_as_interrupt():
+        try:
+            specs = [
+                image_encoder_spec(encoder),
+                mapper_spec(model),
+                decoder_spec(model),
+                cache_reorder_spec(model),
+            ]
+            scratch = work / "fp32"
+            scratch.mkdir()
+            fusion: dict[str, str] = {}
+            optimization: dict[str, str] = {}
+            for n, spec in enumerate(specs, 1):
+                say(f"[{n}/{len(specs) + 2}] tracing {spec.name} to ONNX (opset {opset})")
+                export_graph(spec, scratch / spec.file, opset)
+                fusion[spec.name] = (
+                    fuse_transformer(scratch / spec.file) if spec.fuse else "none: not a transformer"
+                )
+                if precision != "fp32":
+                    say(f"      converting {spec.name} to {precision}")
+                convert(scratch / spec.file, work / spec.file, precision, spec)
+                optimization[spec.name] = optimize(work / spec.file, precision)
+            shutil.rmtree(scratch)
+            tok.save(str(work / TOKENIZER_NAME), pretty=False)
 
-        verification: dict[str, Any] = {"passed": None, "skipped": True}
-        if verify:
-            say(f"[{len(specs) + 1}/{len(specs) + 2}] verifying the graphs against PyTorch")
-            verification, table = _verify(model, encoder, specs, work, precision)
-            say(table)
-        # Through JSON and back, so the returned manifest equals what a reader of the file gets.
-        manifest = _manifest(
-            model, encoder, specs, work, precision, opset, tok, fusion, optimization, verification
-        )
-        manifest = json.loads(json.dumps(manifest))
-        write_manifest(work, manifest)
-        if verify and not verification["passed"]:
-            raise ExportError(
-                f"verification failed: the {precision} graphs do not match the PyTorch model (table above); "
-                f"no bundle was written to {out}"
+            verification: dict[str, Any] = {"passed": None, "skipped": True}
+            if verify:
+                say(f"[{len(specs) + 1}/{len(specs) + 2}] verifying the graphs against PyTorch")
+                verification, table = _verify(model, encoder, specs, work, precision)
+                say(table)
+            # Through JSON and back, so the returned manifest equals what a reader of the file gets.
+            manifest = _manifest(
+                model, encoder, specs, work, precision, opset, tok, fusion, optimization, verification
             )
-        say(f"[{len(specs) + 2}/{len(specs) + 2}] writing {out}")
-        _move_into_place(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+            manifest = json.loads(json.dumps(manifest))
+            write_manifest(work, manifest)
+            if verify and not verification["passed"]:
+                raise ExportError(
+                    f"verification failed: the {precision} graphs do not match the PyTorch model "
+                    f"(table above); no bundle was written to {out}"
+                )
+            say(f"[{len(specs) + 2}/{len(specs) + 2}] writing {out}")
+            _move_into_place(work, out)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
     for name, entry in manifest["files"].items():
         say(f"      {name:<22}{entry['bytes'] / 2**20:>10.1f} MiB")
     return manifest
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """For the duration of the block, SIGTERM raises KeyboardInterrupt, so the cleanup that runs
+    for Ctrl-C (removing the partial bundle) runs for it too; the previous handler is restored.
+    Signal handlers can only be set from the main thread: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_inputs(model: ClipCapModel, encoder: ImageEncoder, out: Path, precision: str, force: bool) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import onnxruntime as ort
+from clipcap.runtime.validate import validate_manifest
 
 from clipcap.config import Preprocessing
 from clipcap.errors import BundleError, ConfigError, MissingDependencyError
@@ -22,7 +23,6 @@ log = logging.getLogger(__name__)
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-GRAPHS = ("image_encoder", "mapper", "decoder")
 
 
 @dataclass(frozen=True)
@@ -43,19 +43,23 @@ class Bundle:
 
 
 def open_bundle(path: str | Path, *, check_files: bool = True) -> Bundle:
-    """Read and check a bundle directory: format version, and each file's size and SHA-256."""
+    """Read and check a bundle directory: the manifest's schema, every path confined to the bundle
+    (runtime/validate.py), and each listed file's size and SHA-256 (``check_files=False`` skips
+    only the hashing, never the sizes or the confinement)."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle directory; make one with `clipcap export`")
     manifest = read_manifest(path)
-    for graph in GRAPHS:
-        if graph not in manifest.get("graphs", {}):
-            raise BundleError(f"{path}: the manifest lists no {graph} graph; export the bundle again")
-    for name, entry in manifest.get("files", {}).items():
+    validate_manifest(path, manifest)
+    for name, entry in manifest["files"].items():
         file = path / name
-        if not file.is_file():
-            raise BundleError(f"{file}: missing from the bundle; export the bundle again")
-        if check_files and (file.stat().st_size != entry["bytes"] or sha256_file(file) != entry["sha256"]):
+        size = file.stat().st_size
+        if size != entry["bytes"]:
+            raise BundleError(
+                f"{file}: {size} bytes, but clipcap.json lists {entry['bytes']} (altered or corrupt); "
+                "export the bundle again"
+            )
+        if check_files and sha256_file(file) != entry["sha256"]:
             raise BundleError(
                 f"{file}: does not match its SHA-256 in clipcap.json (altered or corrupt); "
                 "export the bundle again"

@@ -19,13 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from clipcap.runtime.arrays import check_embeddings
 from clipcap.runtime.bundle import CUDA, Bundle, make_session, open_bundle, resolve_providers
 from clipcap.runtime.decoding import decode
 from clipcap.runtime.images import ImageError, ImageSource, load_image
 from clipcap.runtime.inference import DecoderShape, IOBindingInference, NumpyInference
 from clipcap.runtime.preprocess import preprocess
+from clipcap.runtime.validate import check_sessions
 
-from clipcap.errors import ConfigError
+from clipcap.errors import BundleError, ConfigError
 from clipcap.options import DecodingOptions
 from clipcap.tokenizer import load_tokenizer
 
@@ -68,10 +70,18 @@ class Captioner:
             name: make_session(self.bundle.graph_file(name), self.providers, threads, spin=name == "decoder")
             for name in self.bundle.manifest["graphs"]
         }
+        check_sessions(self.bundle.manifest, self.sessions)
+        model = self.bundle.manifest["model"]
         self.tokenizer = load_tokenizer(self.bundle.path / "tokenizer.json")
+        if self.tokenizer.get_vocab_size() < model["vocab_size"]:
+            # Token ids the model can choose would have no text: refused now, not mid-caption.
+            raise BundleError(
+                f"{self.bundle.path / 'tokenizer.json'}: {self.tokenizer.get_vocab_size()} tokens, fewer "
+                f"than the model's vocab_size {model['vocab_size']}; export the bundle again with its own "
+                "tokenizer"
+            )
         self.preprocessing = self.bundle.preprocessing
         self.defaults = DecodingOptions.from_dict(self.bundle.manifest["generation"])
-        model = self.bundle.manifest["model"]
         kv = self.bundle.io_dtype("decoder", "past_key_values.0.key")
         self.shape = DecoderShape(
             model["n_layer"],
@@ -100,11 +110,16 @@ class Captioner:
             )
             overrides["stop_token_ids"] = tuple(sorted(ids))
         try:
-            chosen = base.replace(**overrides) if overrides else base
+            chosen = base.override(**overrides)
         except TypeError as e:
             raise ConfigError(f"unknown decoding option: {e}") from None
         model = self.bundle.manifest["model"]
         chosen.check_context(model["prefix_length"], model["n_positions"])
+        if any(t >= model["vocab_size"] for t in chosen.stop_token_ids):
+            raise ConfigError(
+                f"stop_token_ids {list(chosen.stop_token_ids)}: this model's token ids are "
+                f"0..{model['vocab_size'] - 1}"
+            )
         return chosen
 
     @functools.lru_cache(maxsize=8)  # noqa: B019 - a few stop-string sets per captioner, kept with it
@@ -143,14 +158,15 @@ class Captioner:
             loaded, where = [], []
             for i in chunk:
                 try:
-                    loaded.append(load_image(items[i]))
+                    # One image at a time, so an image whose mode cannot become RGB fails alone.
+                    loaded.append(preprocess([load_image(items[i])], self.preprocessing))
                     where.append(i)
                 except ImageError as e:
                     if errors == "raise":
                         raise
                     results[i] = e
             if loaded:
-                pixels = preprocess(loaded, self.preprocessing)
+                pixels = np.concatenate(loaded)
                 embeds = self.sessions["image_encoder"].run(None, {"pixel_values": pixels})[0]
                 for i, c in zip(where, self._caption_embeds(embeds, options), strict=True):
                     results[i] = c
@@ -164,13 +180,9 @@ class Captioner:
         batch_size: int = 64,
         **overrides: Any,
     ) -> list[Caption]:
-        """Caption CLIP image embeddings [batch, D] (as the bundle's CLIP computes them, not normalised)."""
-        embeddings = np.asarray(embeddings)
-        if embeddings.ndim != 2 or embeddings.shape[1] != self.clip_dim:
-            raise ConfigError(
-                f"embeddings must have shape [batch, {self.clip_dim}] for this bundle, "
-                f"got {list(embeddings.shape)}"
-            )
+        """Caption CLIP image embeddings [batch, D] (as the bundle's CLIP computes them, not normalised):
+        float16/32/64, finite; anything else is refused with OptionsError."""
+        embeddings = check_embeddings(embeddings, "embeddings", dim=self.clip_dim, error=ConfigError)
         options = self.options(options, **overrides)
         out: list[Caption] = []
         for start in range(0, len(embeddings), batch_size):

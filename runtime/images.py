@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import IO
@@ -111,12 +112,20 @@ def _from_path(source: str | os.PathLike[str]) -> Image.Image:
             raise ImageError(f"{path}: no such file; check the path")
         if path.is_dir():
             raise ImageError(f"{path}: is a directory; pass the path of an image file inside it")
-        with open(path, "rb") as file:
+        # O_NONBLOCK: a FIFO (or one swapped in after a check) must not block the open; only a
+        # regular file is read, so /dev/zero, pipes and sockets are refused by what they are.
+        with open(path, "rb", opener=_nonblocking) as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise ImageError(f"{path}: not a regular file (a device, pipe or socket); pass an image file")
             if os.fstat(file.fileno()).st_size == 0:
                 raise ImageError(f"{path}: the file is empty (0 bytes); it was not written completely")
             return _decode(file, str(path))
     except OSError as e:  # permission denied, a device, ...
         raise ImageError(f"{path}: cannot be read ({e.strerror or e})") from None
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NONBLOCK", 0))
 
 
 def _from_file_object(source: IO[bytes]) -> Image.Image:

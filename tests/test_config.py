@@ -39,7 +39,6 @@ def test_json_round_trip():
         (dict(strategy="nucleus"), "strategy"),
         (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(min_new_tokens=9, max_new_tokens=5), "min_new_tokens"),
-        (dict(strategy="top_k"), "top_k"),
         (dict(strategy="top_k", top_k=-1), "top_k"),
         (dict(top_p=0.0), "top_p"),
         (dict(top_p=1.5), "top_p"),

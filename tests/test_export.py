@@ -251,6 +251,25 @@ def test_trace_failure_is_an_export_error(tiny_encoder, tmp_path, monkeypatch):
     assert _leftovers(tmp_path) == []
 
 
+def test_sigterm_during_export_cleans_up_like_ctrl_c(tiny_encoder, tmp_path, monkeypatch):
+    """Issue 11 finding 7: SIGTERM mid-export left a .NAME.partial-* directory behind."""
+    import os
+    import signal
+
+    from clipcap.export import bundle
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` would, during the first trace
+        raise AssertionError("the SIGTERM handler should have interrupted the export")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(bundle, "export_graph", terminated)
+    with pytest.raises(KeyboardInterrupt):
+        export_bundle(clipcap_model(), tiny_encoder, tmp_path / "b", progress=lambda _: None)
+    assert _leftovers(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
 # --- the command line ----------------------------------------------------------------------------
 
 
