@@ -190,8 +190,10 @@ def test_page_streams_the_api_caption_and_shows_errors_per_image(browser, server
     )
     if response.status_code == 200:
         assert message == response.json()["results"][0]["error"]
-    else:  # a request whose only image is unusable: 400 with the reason
-        assert response.json()["error"] in message
+    else:  # a request whose only image is unusable: 400, and the image's own reason
+        body = response.json()
+        assert response.status_code == 400 and message.startswith("HTTP 400") and body["error"] in message
+        assert all(r["error"] in message for r in body.get("results", []))
     assert failed.get_attribute("role") is None and failed.locator(".error").get_attribute("role") == "alert"
     assert "2 images, 1 captioned, 1 failed" in page.locator("#summary").inner_text()
 

@@ -25,13 +25,17 @@ function describeModel(m) {
   if (model.n_layer) size.push(`${model.n_layer} layers`);
   if (model.embed_dim || model.n_embd) size.push(`width ${model.embed_dim || model.n_embd}`);
   if (size.length) parts.push(`GPT-2 ${size.join(" × ")}`);
-  const mapper = model.mapper || model.mapper_kind || m.mapper;
+  const mapper = m.variant || model.mapper || model.mapper_kind || m.mapper;
   if (mapper) parts.push(`${typeof mapper === "string" ? mapper : mapper.kind || "?"} mapper`);
   if (m.precision) parts.push(m.precision);
   const clip = m.clip;
   if (clip) parts.push(`CLIP ${typeof clip === "string" ? clip : clip.name || clip.model || clip.arch || "?"}`);
   const g = defaultsOf(m);
-  if (g.strategy) parts.push(`default ${g.strategy}, ${g.max_new_tokens ?? "?"} tokens`);
+  if (g.strategy) parts.push(`default ${g.strategy}, up to ${g.max_new_tokens ?? "?"} tokens`);
+  if (m.batching) {
+    const rows = m.max_batch_rows ? ` (≤ ${m.max_batch_rows} rows)` : "";
+    parts.push(m.batching === "none" ? "no batching" : `${m.batching} batching${rows}`);
+  }
   return parts.join(" · ");
 }
 
@@ -126,6 +130,9 @@ async function errorText(response) {
   try {
     const body = await response.json();
     if (body && body.error) message = body.error;
+    // A request whose only image is unusable (400) still says what was wrong with it.
+    const item = body && Array.isArray(body.results) && body.results.find((r) => r && r.error);
+    if (item && item.error !== message) message += ` — ${item.error}`;
     else if (body && body.detail) message = JSON.stringify(body.detail);
   } catch (_) {
     /* not JSON */
