@@ -192,6 +192,9 @@ async def sse_events(lines) -> Any:
 # Load shapes
 
 
+REJECT_BACKOFF_S = 0.1  # a closed-loop client's pause after a 503 (the server says Retry-After: 1)
+
+
 async def closed_loop(
     client, requests: Iterator[Request], concurrency: int, duration: float, max_requests: int
 ) -> list[Record]:
@@ -205,7 +208,10 @@ async def closed_loop(
         nonlocal sent
         while sent < max_requests and time.perf_counter() < deadline:
             sent += 1
-            records.append(await send(client, next(requests)))
+            record = await send(client, next(requests))
+            records.append(record)
+            if record.status == 503:  # rejected: back off as Retry-After asks, rather than hammer
+                await asyncio.sleep(REJECT_BACKOFF_S)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return records

@@ -247,7 +247,7 @@ def _short(value: float | None, goal: float, unit: str, higher: bool) -> str:
 
 def _verdict(t: dict[str, Any]) -> str:
     if t["met"] is None:
-        return "not measured" + (f": {t['how']}" if t["measured"] is None else "")
+        return "not measured in this run" if t["measured"] is None else f"not decided: {t['how']}"
     return "met" if t["met"] else "missed" + (f": {t['note']}" if t["note"] else "")
 
 

@@ -192,6 +192,7 @@ class ServeBenchOptions:
             concurrency, fractions = self.points(w.trained)
             points = len(concurrency) + len(fractions) + 1
             per_server = (4 if self.quick else 12) + points * (self.duration + (1 if self.quick else 5))
+            per_server += sum(2 * self.duration for f in fractions if f > 1)  # overload points run longer
             total += len(self.schedulers) * per_server + (3 if self.quick else 25)
         return total
 
@@ -481,7 +482,10 @@ def bench_server(
                 )
             if sat > 0:
                 for fraction, rate, basis in sorted(rates, key=lambda r: r[1]):
-                    point = _point(server, options, workload, images, "open", None, rate, say, scheduler)
+                    seconds = overload_duration(options, fraction, sat)
+                    point = _point(
+                        server, options, workload, images, "open", None, rate, say, scheduler, seconds
+                    )
                     point.update({"fraction_of_saturation": fraction, "rate_basis": basis})
                     points.append(point)
         except Exception as e:  # a broken server: keep what was measured, say why
@@ -514,8 +518,12 @@ def _point(
     rate: float | None,
     say: Say,
     scheduler: str,
+    seconds: float | None = None,
 ) -> dict[str, Any]:
-    records, metrics, rss = asyncio.run(_drive(server, options, workload, images, kind, concurrency, rate))
+    seconds = options.duration if seconds is None else seconds
+    records, metrics, rss = asyncio.run(
+        _drive(server, options, workload, images, kind, concurrency, rate, seconds)
+    )
     summary = summarise(records).to_dict()
     before, after = metrics
     steps = _delta(before, after, "clipcap_batch_step_rows_count")
@@ -547,13 +555,23 @@ def _point(
     return point
 
 
+def overload_duration(options: ServeBenchOptions, fraction: float, saturation: float) -> float:
+    """Seconds of sending for an open-loop point: ``duration``, longer above saturation (up to 3x)
+    so that the excess (fraction - 1) x saturation fills the waiting queue 1.5 times over and the
+    503 path is exercised, not just a queue that the point ends before filling."""
+    if fraction <= 1 or saturation <= 0:
+        return options.duration
+    fill = 1.5 * options.max_waiting / ((fraction - 1) * saturation)
+    return min(max(options.duration, fill), 3 * options.duration)
+
+
 def _delta(before: dict | None, after: dict | None, name: str) -> float:
     if before is None or after is None:
         return 0.0
     return metric_total(after, name) - metric_total(before, name)
 
 
-async def _drive(server, options, workload, images, kind, concurrency, rate):
+async def _drive(server, options, workload, images, kind, concurrency, rate, seconds):
     import httpx
 
     requests = request_stream(options, workload, images, workload.name)
@@ -575,11 +593,11 @@ async def _drive(server, options, workload, images, kind, concurrency, rate):
         try:
             if kind == "closed":
                 records: list[Record] = await closed_loop(
-                    client, requests, concurrency, options.duration, options.max_requests
+                    client, requests, concurrency, seconds, options.max_requests
                 )
             else:
                 schedule = poisson_schedule(
-                    rate, options.duration, options.seed + int(rate * 1000), options.max_requests
+                    rate, seconds, options.seed + int(rate * 1000), options.max_requests
                 )
                 records = await open_loop(client, requests, schedule, timeout=options.request_timeout + 30)
         finally:

@@ -334,6 +334,17 @@ def test_bad_options_are_config_errors(tmp_path):
     assert full.points(trained=True) == ((1, 16), (0.7, 2.0)) and full.points(False)[0] == (1, 4, 16, 64)
 
 
+def test_overload_points_send_until_the_queue_overflows(tmp_path):
+    from clipcap.benchmarks.serve_run import ServeBenchOptions, overload_duration
+
+    o = ServeBenchOptions(cache_dir=tmp_path, duration=6.0, max_waiting=64)
+    assert overload_duration(o, 0.7, 10.0) == 6.0  # below saturation: the plain duration
+    # 2x a saturation of 10/s: 10 excess requests a second fill 1.5 x 64 in 9.6 s.
+    assert overload_duration(o, 2.0, 10.0) == pytest.approx(9.6)
+    assert overload_duration(o, 2.0, 1.0) == 18.0  # capped at 3 x the duration
+    assert overload_duration(o, 2.0, 100.0) == 6.0
+
+
 def test_command_line_parses_into_options(tmp_path):
     import argparse
 
