@@ -19,7 +19,7 @@ from typing import Any
 from clipcap.serve.app import Refused, error_response
 from clipcap.serve.engine import Engine, QueueFull
 from clipcap.serve.inputs import check_embeddings, load_pixels
-from clipcap.serve.jobs import Job
+from clipcap.serve.jobs import Job, ServeError
 from clipcap.serve.options import decoding_options, parse_bool
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -308,7 +308,7 @@ class _Run:
                     yield sse("result", {"index": index, **_entry_error(row, self.names[index])})
             sent: set[int] = set()
             while True:
-                kind, value = await self.queue.get()
+                kind, value = await self._next()
                 if kind == "token":
                     yield sse("token", self._token(*value))
                 elif kind == "result":
@@ -336,10 +336,28 @@ class _Run:
     async def _next_watching_client(self):
         while True:
             try:
-                return await asyncio.wait_for(self.queue.get(), 0.2)
+                return await asyncio.wait_for(self.queue.get(), min(0.2, self._left()))
             except TimeoutError:
+                if self._left() <= 0:
+                    return "error", self._deadline_passed()
                 if await self.request.is_disconnected():
                     raise ClientGone from None
+
+    async def _next(self):
+        """The next event, or the deadline's 504 even while the decode loop is inside a long step
+        (it can only drop a request between steps)."""
+        try:
+            return await asyncio.wait_for(self.queue.get(), self._left())
+        except TimeoutError:
+            return "error", self._deadline_passed()
+
+    def _left(self) -> float:
+        return max(self.job.deadline - time.monotonic(), 0.0)
+
+    def _deadline_passed(self) -> ServeError:
+        self.job.cancel("deadline passed")
+        self.engine.wake()
+        return ServeError(504, "the request ran past its deadline (--request-timeout) and was stopped")
 
     def _token(self, row: int, token: int) -> dict[str, Any]:
         index = self.rows[row]
