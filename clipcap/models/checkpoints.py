@@ -94,6 +94,7 @@ def load_checkpoint(
             if v is not None
         }
         config = _checked(path, lambda: config.replace(**overrides))
+        _check_against_weights(config, state_dict, path)
     else:
         config = infer_config(
             state_dict,
@@ -141,7 +142,7 @@ def read_checkpoint(path: Path) -> tuple[StateDict, ClipCapConfig | None]:
         state_dict, header_config = _read_safetensors(weights)
         config_file = path / CONFIG_NAME
         if config_file.is_file():
-            return state_dict, _parse_config(config_file, config_file.read_text())
+            return state_dict, _parse_config(config_file, _read_text(config_file))
         if header_config is None:
             raise CheckpointError(path, f"{CONFIG_NAME} is missing and {WEIGHTS_NAME} carries no config")
         return state_dict, header_config
@@ -149,7 +150,7 @@ def read_checkpoint(path: Path) -> tuple[StateDict, ClipCapConfig | None]:
         state_dict, header_config = _read_safetensors(path)
         beside = path.with_name(CONFIG_NAME)
         if header_config is None and beside.is_file():
-            header_config = _parse_config(beside, beside.read_text())
+            header_config = _parse_config(beside, _read_text(beside))
         if header_config is None:
             raise CheckpointError(
                 path,
@@ -173,6 +174,16 @@ def _read_safetensors(path: Path) -> tuple[StateDict, ClipCapConfig | None]:
     return state_dict, None if text is None else _parse_config(path, text)
 
 
+def _read_text(path: Path) -> str:
+    """A config.json's text; a binary or oversized file is refused, not decoded into a traceback."""
+    if path.stat().st_size > 16 << 20:
+        raise CheckpointError(path, f"{path.stat().st_size} bytes is too large for a {CONFIG_NAME}")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(path, f"not a text file: {CONFIG_NAME} must be UTF-8 JSON") from None
+
+
 def _parse_config(path: Path, text: str) -> ClipCapConfig:
     try:
         return ClipCapConfig.from_json(text)
@@ -191,12 +202,46 @@ def _read_pickle(path: Path) -> StateDict:
                 "could execute anything. Re-save it as a plain state dict "
                 "(torch.save(model.state_dict(), ...)) where it was made.",
             ) from None
-        raise CheckpointError(path, f"not a PyTorch checkpoint: {e}") from None
+        raise CheckpointError(path, f"not a PyTorch checkpoint ({_describe_error(e)})") from None
     except Exception as e:  # garbage bytes make the unpickler raise anything
+        if path.is_file() and path.stat().st_size == 0:
+            raise CheckpointError(
+                path, "the file is empty (0 bytes), not a checkpoint; it was not written completely"
+            ) from None
         raise CheckpointError(
-            path, f"not a readable PyTorch checkpoint (truncated or corrupt?): {e}"
+            path,
+            "not a readable PyTorch checkpoint (truncated or corrupt, or another kind of file) "
+            f"({_describe_error(e)})",
         ) from None
     return _unwrap(obj, path)
+
+
+def _describe_error(e: BaseException) -> str:
+    # torch.load's messages can be "" (an empty file) or a bare byte value ("101" for a text file).
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text}" if text and not text.isdigit() else type(e).__name__
+
+
+def _check_against_weights(config: ClipCapConfig, state_dict: StateDict, path: Path) -> None:
+    """The stored config's GPT-2 sizes against the weights' shapes, before the model is built from
+    them: a config.json with vocab_size 10**9 must not allocate 512 GB to find out it is wrong."""
+    g = config.gpt2
+    expected = {
+        "gpt.transformer.wte.weight": (g.vocab_size, g.n_embd),
+        "gpt.transformer.wpe.weight": (g.n_positions, g.n_embd),
+    }
+    for key, shape in expected.items():
+        if key in state_dict and tuple(state_dict[key].shape) != shape:
+            raise CheckpointError(
+                path,
+                f"its config says {key} is {list(shape)} but the weights hold "
+                f"{list(state_dict[key].shape)}: the config.json does not belong to these weights",
+            )
+    layers = _count(state_dict, r"gpt\.transformer\.h\.(\d+)\.ln_1\.weight")
+    if layers and layers != g.n_layer:
+        raise CheckpointError(
+            path, f"its config says n_layer {g.n_layer} but the weights have {layers} layers"
+        )
 
 
 def _unwrap(obj: Any, path: Path) -> StateDict:
@@ -287,7 +332,7 @@ def infer_config(
             raise CheckpointError(
                 path,
                 f"GPT-2 width {E} is not a standard size ({sorted(STANDARD_GPT2_HEADS)}), so its head count "
-                "cannot be known: pass n_head (--gpt2-heads on the command line)",
+                "cannot be known: pass n_head (--gpt2-config NAME_OR_CONFIG_JSON on the command line)",
             )
         n_head = STANDARD_GPT2_HEADS[E]
     gpt2 = _checked(path, lambda: GPT2Config(vocab, n_positions, E, n_layer, n_head))
