@@ -52,6 +52,13 @@ test-runtime: $(VENV)/.installed
 	    assert all(v['identical_to_pytorch'] == 1.0 for v in r['variants']), r"
 	cd /tmp && $(CURDIR)/.venv-runtime/bin/clipcap caption $(CURDIR)/build/demo/data/images/01100.png \
 	    --bundle $(CURDIR)/build/demo/bundle-mlp --json
+	# The server on the same torch-free install: the [serve] extra brings no torch either, and
+	# both demo bundles served on a real port caption as `clipcap caption` does; SIGTERM exits 0.
+	.venv-runtime/bin/python -m pip install --quiet '.[serve]'
+	! .venv-runtime/bin/python -c "import torch" 2>/dev/null
+	cd /tmp && $(CURDIR)/.venv-runtime/bin/python $(CURDIR)/tools/serve_smoke.py \
+	    $(CURDIR)/build/demo/bundle-mlp $(CURDIR)/build/demo/bundle-transformer \
+	    --image $(CURDIR)/build/demo/data/images/01100.png --image $(CURDIR)/build/demo/data/images/01101.png
 	$(BIN)/clipcap bench --quick --cache build/bench-cache --out build/bench.json \
 	    --markdown build/bench.md --plot build/bench.png
 	.venv-runtime/bin/python -m pytest -q
