@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--trained", metavar="DIR", help="a `clipcap demo` folder whose bundles are served too"
     )
     trained.add_argument("--no-trained", action="store_true", help="skip the demo's trained bundles")
+    what.add_argument(
+        "--no-beam-mix",
+        action="store_true",
+        help="skip the point per scheduler where a quarter of the requests are beam search (4 beams)",
+    )
     run_group = parser.add_argument_group("running")
     run_group.add_argument(
         "--duration", type=float, metavar="S", help="seconds of sending per point (default 6)"
@@ -129,6 +134,7 @@ def options_from(args: argparse.Namespace):
         quick=args.quick,
         variant=args.variant,
         stream_share=args.stream_share,
+        beam_mix=not args.no_beam_mix,
         max_batch_rows=args.max_batch_rows,
         max_waiting=args.max_waiting,
         request_timeout=args.request_timeout,

@@ -56,6 +56,7 @@ class Record:
     caption: str | None = None
     error: str | None = None
     token_events: int = 0
+    beam: bool = False  # a beam-search request (the benchmark's beam mix)
 
     @property
     def ok(self) -> bool:
@@ -100,6 +101,7 @@ async def send(client, request: Request, scheduled: float | None = None) -> Reco
 
     now = time.perf_counter()
     record = Record(request.index, request.stream, scheduled if scheduled is not None else now)
+    record.beam = request.options.get("strategy") == "beam"
     files = [("image", (request.filename, request.image, request.content_type))]
     data = form_fields(request.options, request.stream)
     record.start = time.perf_counter()
@@ -311,6 +313,11 @@ def summarise(records: Sequence[Record]) -> PointSummary:
     streamed = [r.latency_ms for r in ok if r.stream]
     stats["latency_ms_p50_plain"] = percentile(plain, 50) if plain else None
     stats["latency_ms_p50_streamed"] = percentile(streamed, 50) if streamed else None
+    if any(r.beam for r in records):  # a beam mix: what the beams cost the greedy requests
+        greedy = [r.latency_ms for r in ok if not r.beam]
+        beams = [r.latency_ms for r in ok if r.beam]
+        stats.update(_pcts(greedy, "greedy_latency_ms"))
+        stats.update(_pcts(beams, "beam_latency_ms"))
     # How late the open loop's client sent its requests (its own lag, not the server's).
     lags = [(r.start - r.scheduled) * 1000 for r in records if r.start]
     stats["send_lag_ms_p99"] = percentile(lags, 99) if lags else None

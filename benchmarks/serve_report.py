@@ -271,6 +271,8 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def point_label(p: dict[str, Any]) -> str:
     if p["kind"] == "closed":
         return f"closed c={p['concurrency']}"
+    if p["kind"] == "mix":
+        return f"closed c={p['concurrency']}, {p['beam_share']:.0%} beam ({p['beam_size']} beams)"
     basis = " (static's)" if p.get("rate_basis") == "static" else ""
     return f"open {p['fraction_of_saturation']:.2f}x{basis}"
 
@@ -359,6 +361,19 @@ def markdown(report: dict[str, Any]) -> str:
                 f"tokens each): {_n(offline['captions_per_s'], '.2f')} captions/s"
             )
         for s in w["servers"]:
+            mix = next((p for p in s["points"] if p["kind"] == "mix"), None)
+            plain = closed_point(w, s["scheduler"], mix["concurrency"]) if mix else None
+            if mix and plain and mix.get("greedy_latency_ms_p50") is not None:
+                notes.append(
+                    f"{s['scheduler']}, beam cost: with {mix['beam_share']:.0%} of the requests beam search "
+                    f"({mix['beam_size']} beams) at concurrency {mix['concurrency']}, the greedy requests' "
+                    f"latency p50 / p99 is {_n(mix['greedy_latency_ms_p50'], '.0f')} / "
+                    f"{_n(mix['greedy_latency_ms_p99'], '.0f')} ms against "
+                    f"{_n(plain['latency_ms_p50'], '.0f')} / {_n(plain['latency_ms_p99'], '.0f')} ms with no "
+                    "beams; the beams' own p50 "
+                    f"{_n(mix.get('beam_latency_ms_p50'), '.0f')} ms; {_n(mix['captions_per_s'], '.2f')} "
+                    f"captions/s against {_n(plain['captions_per_s'], '.2f')}"
+                )
             notes.append(
                 f"{s['scheduler']}: ready {s['ready_s']:.1f} s after start, saturation "
                 f"{_n(s.get('saturation_captions_per_s'), '.2f')} captions/s, exit status "

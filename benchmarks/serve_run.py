@@ -100,6 +100,7 @@ class ServeBenchOptions:
     plot: Path | None = None
     seed: int = 0
     startup_timeout: float = 300.0
+    beam_mix: bool = True  # one more closed-loop point per scheduler with a quarter of beam requests
 
     def __post_init__(self) -> None:
         q = self.quick
@@ -190,7 +191,7 @@ class ServeBenchOptions:
         total = 0.0
         for w in workloads:
             concurrency, fractions = self.points(w.trained)
-            points = len(concurrency) + len(fractions) + 1
+            points = len(concurrency) + len(fractions) + 1 + (self.beam_mix and not w.trained)
             per_server = (4 if self.quick else 12) + points * (self.duration + (1 if self.quick else 5))
             per_server += sum(2 * self.duration for f in fractions if f > 1)  # overload points run longer
             total += len(self.schedulers) * per_server + (3 if self.quick else 25)
@@ -323,12 +324,22 @@ def bench_images(n: int, seed: int) -> list[bytes]:
     return out
 
 
+BEAM_SHARE, BEAM_SIZE = 0.25, 4  # the beam-mix point: a quarter of the requests, 4 beams each
+
+
 def request_stream(
-    options: ServeBenchOptions, workload: Workload, images: list[bytes], model: str | None
+    options: ServeBenchOptions,
+    workload: Workload,
+    images: list[bytes],
+    model: str | None,
+    beam_share: float = 0.0,
 ) -> Iterator[Request]:
     """The workload's requests, the same sequence every time (seeded): image i % n, greedy,
-    max_new_tokens drawn from ``options.tokens``, streamed with probability ``stream_share``."""
+    max_new_tokens drawn from ``options.tokens``, streamed with probability ``stream_share``;
+    with ``beam_share``, that share of them beam search (``BEAM_SIZE`` beams; the lengths and the
+    other draws stay the same, from their own generator)."""
     rng = random.Random(options.seed)
+    beams = random.Random(options.seed + 1)
     low, high = options.tokens
     high = min(high, workload.max_tokens_room)
     low = min(low, high)
@@ -337,6 +348,8 @@ def request_stream(
         n = rng.randint(low, high)
         stream = rng.random() < options.stream_share
         request_options: dict[str, Any] = {"strategy": "greedy", "max_new_tokens": n}
+        if beam_share and beams.random() < beam_share:
+            request_options.update(strategy="beam", beam_size=BEAM_SIZE)
         if not workload.trained:
             request_options["min_new_tokens"] = n  # EOS and stop tokens cannot end it early
         if model is not None:
@@ -488,6 +501,12 @@ def bench_server(
                     )
                     point.update({"fraction_of_saturation": fraction, "rate_basis": basis})
                     points.append(point)
+            if options.beam_mix and not workload.trained:
+                # What beam search costs the others: the same closed loop with a quarter of beams.
+                c = 16 if 16 in concurrencies else max(concurrencies)
+                point = _point(server, options, workload, images, "mix", c, None, say, scheduler)
+                point.update({"beam_share": BEAM_SHARE, "beam_size": BEAM_SIZE})
+                points.append(point)
         except Exception as e:  # a broken server: keep what was measured, say why
             out["error"] = f"{type(e).__name__}: {e}"
             say(f"  [{workload.name} / {scheduler}] error: {out['error']}\n{server.log_tail()}")
@@ -542,7 +561,7 @@ def _point(
     }
     if kind == "closed" and concurrency == 1:  # paired with the direct calls on the same requests
         point["records_latency_ms"] = {r.index: r.latency_ms for r in records if r.ok and not r.stream}
-    shape = f"c={concurrency:<3}" if kind == "closed" else f"{rate:6.2f}/s"
+    shape = f"{rate:6.2f}/s" if kind == "open" else f"c={concurrency:<3}"
     say(
         f"    {scheduler:<10} {kind:<6} {shape}: {point['captions_per_s']:6.2f} captions/s, p50 "
         f"{_ms(point['latency_ms_p50'])}, p99 {_ms(point['latency_ms_p99'])}, "
@@ -574,7 +593,8 @@ def _delta(before: dict | None, after: dict | None, name: str) -> float:
 async def _drive(server, options, workload, images, kind, concurrency, rate, seconds):
     import httpx
 
-    requests = request_stream(options, workload, images, workload.name)
+    beam_share = BEAM_SHARE if kind == "mix" else 0.0
+    requests = request_stream(options, workload, images, workload.name, beam_share)
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
     rss: list[int] = []
 
@@ -591,7 +611,7 @@ async def _drive(server, options, workload, images, kind, concurrency, rate, sec
         before = await _metrics(client)
         sampler = asyncio.create_task(sample_rss())
         try:
-            if kind == "closed":
+            if kind in ("closed", "mix"):
                 records: list[Record] = await closed_loop(
                     client, requests, concurrency, seconds, options.max_requests
                 )

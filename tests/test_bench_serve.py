@@ -414,6 +414,9 @@ def test_quick_run_measures_every_scheduler(quick_report):
             assert 0 < p["latency_ms_p50"] <= p["latency_ms_p99"] and p["ttft_ms_p50"] <= p["latency_ms_p99"]
             assert p["rss_max"] > 20 * 2**20
         assert s["saturation_captions_per_s"] == max(p["captions_per_s"] for p in closed)
+        (mix,) = [p for p in s["points"] if p["kind"] == "mix"]  # a quarter of beam requests
+        assert mix["ok"] == mix["sent"] > 0 and mix["beam_size"] == 4
+        assert mix["greedy_latency_ms_p50"] is not None and mix["beam_latency_ms_p50"] is not None
         for p in opened:
             assert p["ok"] > 0 and p["offered_per_s"] > 0
     # Rows per decode step come from /metrics: one row at a time without batching, more with it at c=4.
