@@ -190,6 +190,19 @@ class Captioner:
         return out
 
     def _caption_embeds(self, embeds: np.ndarray, options: DecodingOptions) -> list[Caption]:
+        try:
+            return self._run_graphs(embeds, options)
+        except Exception as e:
+            # The manifest passed its checks, but a graph still refused the inputs its sizes imply
+            # (e.g. n_positions larger than the decoder's position table): the bundle is inconsistent.
+            if not type(e).__module__.startswith("onnxruntime"):
+                raise
+            raise BundleError(
+                f"{self.bundle.path}: a graph failed on inputs the manifest's sizes allow ({e}); "
+                "the manifest does not match its graphs: export the bundle again"
+            ) from None
+
+    def _run_graphs(self, embeds: np.ndarray, options: DecodingOptions) -> list[Caption]:
         prefix = self.sessions["mapper"].run(None, {"image_embeds": embeds})[0]
         if self.io_binding:
             inference = IOBindingInference(

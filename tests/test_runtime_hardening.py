@@ -175,6 +175,13 @@ def test_sizes_are_checked_against_the_graphs_shapes(bundle):
         Captioner(bundle)
 
 
+def test_a_context_larger_than_the_graphs_is_one_bundle_error(bundle):
+    _edit(bundle, _set("model", "n_positions", 4096))  # the decoder's position table has 128
+    captioner = Captioner(bundle)
+    with pytest.raises(BundleError, match="does not match its graphs"):
+        captioner.caption_embeddings(np.zeros((1, 32), np.float32), max_new_tokens=200)
+
+
 def test_a_decoder_swapped_for_the_mapper_is_refused(bundle):
     os.unlink(bundle / "decoder.onnx")
     shutil.copy(bundle / "mapper.onnx", bundle / "decoder.onnx")
