@@ -298,8 +298,9 @@ def test_open_loop_sends_on_schedule_and_counts_rejections():
     assert s.sent == len(schedule) and s.ok + s.rejected == s.sent and s.failed == 0
     assert s.rejected > s.sent / 2 and s.ok >= 3
     assert s.stats["reject_ms_p50"] < s.stats["latency_ms_p50"]
-    # Each request left close to its arrival time (the client kept up with the schedule).
-    assert s.stats["send_lag_ms_p99"] < 100
+    # Each request left close to its arrival time (the client kept up with the schedule; generous,
+    # for a shared CI machine: the arrivals are 5 ms apart on average, 0.5 s in all).
+    assert s.stats["send_lag_ms_p99"] < 250
 
 
 # --------------------------------------------------------------------------------------------------
