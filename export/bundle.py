@@ -160,12 +160,22 @@ def _check_inputs(model: ClipCapModel, encoder: ImageEncoder, out: Path, precisi
             f"the checkpoint's mapper takes {model.config.mapper.clip_dim}-d ones: it was trained on "
             "another CLIP (the originals: ViT-B/32 for D=512, RN50x4 for D=640)"
         )
+    check_destination(out, force)
+
+
+def check_destination(out: str | Path, force: bool = False) -> Path:
+    """Refuse an existing ``out`` (unless ``force``) and make its missing parents, as optimum-cli
+    does: the command line calls this before loading anything, so a wrong -o fails at once."""
+    out = Path(out)
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; pass --force (force=True) to replace it")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} exists and is not a directory")
-    if not out.parent.is_dir():
-        raise ConfigError(f"{out.parent}: no such directory to write the bundle into")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{out.parent}: cannot make the directory to write the bundle into ({e})") from None
+    return out
 
 
 def _verify(model, encoder, specs: list[GraphSpec], work: Path, precision: str) -> tuple[dict[str, Any], str]:

@@ -306,6 +306,23 @@ def test_cli_export(cli_args, tmp_path, capsys):
     assert read_manifest(out)["precision"] == "int8"
 
 
+def test_cli_export_checks_the_destination_before_loading(cli_args, tmp_path, capsys, monkeypatch):
+    """An existing -o fails before the checkpoint is read; missing parents are made."""
+    import clipcap.cli.flags
+
+    def no_loading(args):
+        raise AssertionError("the checkpoint was loaded before the destination was checked")
+
+    (tmp_path / "exists").mkdir()
+    monkeypatch.setattr(clipcap.cli.flags, "load_model", no_loading)
+    assert main(["export", *cli_args, "-o", str(tmp_path / "exists")]) == 2
+    assert "already exists; pass --force" in capsys.readouterr().err
+    monkeypatch.undo()
+    out = tmp_path / "a" / "b" / "bundle"
+    assert main(["export", *cli_args, "-o", str(out), "--no-verify"]) == 0
+    assert read_manifest(out)["precision"] == "fp32"
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -51,8 +51,10 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from clipcap.export.bundle import check_destination, export_bundle
+
+    check_destination(args.out, args.force)  # before the seconds of loading a checkpoint
     model = flags.load_model(args)
-    from clipcap.export.bundle import export_bundle
 
     if args.clip is None and model.config.clip is None:
         raise ConfigError(
