@@ -19,8 +19,8 @@ class Metrics:
         r = self.registry
         self.requests = Counter(
             "clipcap_request_count",
-            "Caption requests answered, by model and outcome (ok, bad_input, too_large, rejected, "
-            "timeout, cancelled, failed, unavailable)",
+            "Caption requests answered, by model and outcome (ok, bad_input, too_large, invalid, "
+            "rejected, timeout, cancelled, failed)",
             ["model", "outcome"],
             registry=r,
         )
