@@ -250,6 +250,7 @@ def test_registry_lists_every_command_module_once():
         "demo",
         "bench",
         "serve",
+        "push",
     } == set(COMMANDS)
     for name in COMMANDS:
         module = importlib.import_module(f"clipcap.cli.{name}")

@@ -144,3 +144,14 @@ def test_push_refuses_offline_and_bad_names(tiny_bundle, hub_cache):
         hub.push_bundle(tiny_bundle[0], "me/tiny")
     with pytest.raises(OptionsError, match="not a Hub repository name"):
         hub.push_bundle(tiny_bundle[0], "no-owner")
+
+
+def test_clipcap_push_offline_is_one_line(tiny_bundle, hub_cache, capsys):
+    from clipcap.cli import main
+
+    assert main(["push", str(tiny_bundle[0]), "me/tiny"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("clipcap push: error: cannot push to me/tiny: HF_HUB_OFFLINE is set")
+        and err.count("\n") == 1
+    )

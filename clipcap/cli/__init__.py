@@ -25,7 +25,19 @@ from clipcap import __version__
 from clipcap.cli.flags import HelpFormatter, fill
 from clipcap.errors import ClipCapError
 
-COMMANDS = ("info", "convert", "export", "caption", "embed", "train", "eval", "demo", "bench", "serve")
+COMMANDS = (
+    "info",
+    "convert",
+    "export",
+    "caption",
+    "serve",
+    "push",
+    "embed",
+    "train",
+    "eval",
+    "demo",
+    "bench",
+)
 
 EPILOG = """\
 Checkpoint formats (detected from the weights): the seed's (mapping.proj1/proj2), the
