@@ -50,7 +50,11 @@ def open_bundle(path: str | Path, *, check_files: bool = True) -> Bundle:
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle directory; make one with `clipcap export`")
     manifest = read_manifest(path)
-    validate_manifest(path, manifest)
+    try:
+        validate_manifest(path, manifest)
+    except BundleError as e:  # name the bundle: the messages start with the key in clipcap.json
+        message = str(e)
+        raise BundleError(f"{path}/{message}" if message.startswith("clipcap.json:") else message) from None
     for name, entry in manifest["files"].items():
         file = path / name
         size = file.stat().st_size
