@@ -32,8 +32,9 @@ test: lint
 
 # The plain install (`pip install .`, no extras) is the torch-free runtime: prove it stays so, and
 # that it captions with a bundle the dev venv trained and exported (`clipcap demo --quick`, which
-# itself checks the whole chain: train, export, caption, score). `clipcap bench --quick` runs here
-# too, so the benchmark never rots.
+# itself checks the whole chain: train, export, caption, score), and that `clipcap serve` serves
+# those bundles from the same torch-free install. `clipcap bench --quick` and
+# `clipcap bench serve --quick` run here too, so the benchmarks never rot.
 test-runtime: $(VENV)/.installed
 	rm -rf .venv-runtime build/demo build/bench*
 	$(PYTHON) -m venv .venv-runtime
@@ -61,6 +62,8 @@ test-runtime: $(VENV)/.installed
 	    --image $(CURDIR)/build/demo/data/images/01100.png --image $(CURDIR)/build/demo/data/images/01101.png
 	$(BIN)/clipcap bench --quick --cache build/bench-cache --out build/bench.json \
 	    --markdown build/bench.md --plot build/bench.png
+	$(BIN)/clipcap bench serve --quick --cache build/bench-cache --out build/bench-serve.json \
+	    --markdown build/bench-serve.md --plot build/bench-serve.png
 	.venv-runtime/bin/python -m pytest -q
 
 # The oldest transformers we support: the tests whose code paths meet transformers (the models
