@@ -210,7 +210,15 @@ class Captioner:
             )
         else:
             inference = NumpyInference(self.sessions["decoder"], self.shape)
+        generations = decode(inference, prefix, options)
+        if not all(np.isfinite(g.score) for g in generations):
+            # Options cannot cause this (they are checked); only a graph computing NaN/Inf can, and a
+            # NaN score would reach the JSON output, which has no NaN.
+            raise BundleError(
+                f"{self.bundle.path}: the decoder computed NaN or Inf log-probabilities; the graph is "
+                "broken: export the bundle again"
+            )
         return [
             Caption(self.tokenizer.decode(g.tokens, skip_special_tokens=True), g.tokens, g.score)
-            for g in decode(inference, prefix, options)
+            for g in generations
         ]

@@ -338,3 +338,13 @@ def test_read_embeddings_takes_this_projects_embedding_sets(tmp_path):
     write_embeddings(tmp_path / "set", embeds, [{"captions": ["a"]}] * 3)
     np.testing.assert_array_equal(read_embeddings(tmp_path / "set"), embeds)
     np.testing.assert_array_equal(read_embeddings(tmp_path / "set" / "embeddings.safetensors"), embeds)
+
+
+def test_nan_from_a_graph_never_reaches_a_caption(tiny_bundle, monkeypatch):
+    from clipcap.runtime import captioner as module
+    from clipcap.runtime.decoding import Generation
+
+    captioner = Captioner(tiny_bundle[0])
+    monkeypatch.setattr(module, "decode", lambda *a: [Generation([5], float("nan"))])
+    with pytest.raises(BundleError, match="NaN or Inf log-probabilities"):
+        captioner.caption_embeddings(np.zeros((1, 32), np.float32))
