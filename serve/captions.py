@@ -300,8 +300,8 @@ class _Run:
             self._end(status)
 
     async def events(self):
-        """The SSE stream. A client that leaves cancels this generator (Starlette), which cancels the job."""
-        status = 500
+        """The SSE stream. A client that leaves closes this generator (Starlette), which cancels the job."""
+        status = None  # set by the last event; still None in the end: the client left first
         try:
             for index, row in enumerate(self.where):
                 if not isinstance(row, int):
@@ -329,9 +329,7 @@ class _Run:
                     yield sse("error", {"error": str(value), "status": value.status})
                     return
         finally:
-            if status == 500 and not self.job.cancelled and self.queue.empty():
-                status = 499  # ended without an answer: the client left
-            self._end(status)
+            self._end(499 if status is None else status)
 
     async def _next_watching_client(self):
         while True:

@@ -213,9 +213,16 @@ class Engine:
                 type(e).__name__,
                 e,
             )
-            failed = set(jobs) | set(self.running)
-            self.running = []
-            self.batch.clear()
+            owned = sum(len(j.rows) for j in self.running if j not in jobs)
+            if what == "prefill" and self.batch.rows == owned:
+                # The running batch is untouched (the failure came before the new rows joined):
+                # only the admitted requests fail.
+                failed = set(jobs)
+                self.running = [j for j in self.running if j not in failed]
+            else:  # the shared cache may be half-updated: every request in it fails
+                failed = set(jobs) | set(self.running)
+                self.running = []
+                self.batch.clear()
             for job in failed:
                 self._finish(job, ServeError(500, f"the {what} failed: {type(e).__name__}: {e}"))
 

@@ -59,6 +59,7 @@ class Waiter:
     def __init__(self) -> None:
         self.events: queue.Queue = queue.Queue()
         self.tokens: list[tuple[int, int]] = []
+        self.finished: list = []
 
     def emit(self, event) -> None:
         self.events.put(event)
@@ -68,6 +69,8 @@ class Waiter:
             kind, value = self.events.get(timeout=timeout)
             if kind == "token":
                 self.tokens.append(value)
+            elif kind == "result":  # streaming: an image's caption as soon as it ended
+                self.finished.append(value)
             else:
                 return kind, value
 
@@ -177,6 +180,7 @@ def test_served_equals_captioner(captioner, batching):
             if options.strategy != "beam":  # streamed tokens, in order per image, are the caption
                 for b, g in enumerate(value):
                     assert [t for i, t in waiter.tokens if i == b] == g.tokens
+                assert sorted(waiter.finished, key=lambda f: f[0]) == list(enumerate(value))
     finally:
         engine.stop(5)
     assert max(recorder.step_rows) <= 24
@@ -283,3 +287,41 @@ def test_stop_answers_queued_requests(captioner):
     engine.stop(5)
     kind, value = waiter.result()
     assert kind == "done" or (kind == "error" and isinstance(value, ServeError) and value.status == 503)
+
+
+class Slow:
+    def __init__(self, session, delay: float) -> None:
+        self.session, self.delay = session, delay
+
+    def run(self, outputs, feeds):
+        time.sleep(self.delay)
+        return self.session.run(outputs, feeds)
+
+
+class Raising:
+    def run(self, outputs, feeds):
+        raise RuntimeError("injected mapper fault")
+
+
+def test_prefill_fault_fails_only_the_admitted_request(captioner, monkeypatch):
+    engine = Engine(captioner, EngineConfig())
+    engine.batch.session = Slow(engine.batch.session, 0.01)
+    engine.start()
+    try:
+        emb = np.random.default_rng(9).normal(size=(2, captioner.clip_dim)).astype(np.float32)
+        options = captioner.options(max_new_tokens=40, stop_token_ids=())
+        running, running_w = make_job(captioner, options, embeddings=emb)
+        engine.submit(running)
+        while running.prefilled is None:
+            time.sleep(0.005)
+        monkeypatch.setitem(captioner.sessions, "mapper", Raising())
+        late, late_w = make_job(captioner, options, embeddings=emb[:1])
+        engine.submit(late)
+        kind, error = late_w.result()
+        assert kind == "error" and error.status == 500 and "injected mapper fault" in str(error)
+        monkeypatch.undo()
+        kind, value = running_w.result()
+        assert kind == "done"
+        assert [g.tokens for g in value] == [c.tokens for c in captioner.caption_embeddings(emb, options)]
+    finally:
+        engine.stop(5)
