@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from clipcap.serve.command import add_arguments, run
+from clipcap.serve.command import DESCRIPTION, EPILOG, add_arguments, run
 
 from clipcap.errors import ClipCapError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m clipcap.serve", description="Serve ClipCap bundles over HTTP (see docs/serving.md)."
+        prog="python -m clipcap.serve",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_arguments(parser)
     args = parser.parse_args(argv)

@@ -16,6 +16,17 @@ from clipcap.errors import OptionsError
 
 log = logging.getLogger("clipcap.serve")
 
+DESCRIPTION = (
+    "Serve ClipCap bundles over HTTP: POST /v1/captions (multipart images, an image/* body or JSON "
+    "embeddings; stream=true for Server-Sent Events), /healthz, /readyz, /metrics, /v1/models and a web "
+    "page at /. One decode loop per bundle batches requests continuously. See docs/serving.md."
+)
+EPILOG = """examples:
+  clipcap serve demo-out/bundles/mlp
+  clipcap serve mlp=demo-out/bundles/mlp int8=bundles/mlp-int8 --port 8080 --max-batch-rows 64
+  curl -F image=@dog.jpg 'http://127.0.0.1:8000/v1/captions?strategy=beam&beam_size=3'
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
