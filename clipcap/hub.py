@@ -70,6 +70,32 @@ def download_folder(value: str, error: type[ClipCapError] = OptionsError) -> Pat
     return folder
 
 
+def download_bundle(value: str) -> Path:
+    """The local folder of a bundle on the Hub: its manifest first, then exactly the files the
+    manifest lists (so other bundles in the same repository are not fetched), into the cache."""
+    import json
+
+    from clipcap.errors import BundleError
+    from clipcap.manifest import MANIFEST_NAME
+
+    ref = parse(value)
+    prefix = f"{ref.path}/" if ref.path else ""
+    hub = _hub()
+    with _hub_errors(HubRef(ref.repo, prefix + MANIFEST_NAME, ref.revision), BundleError):
+        manifest_file = Path(hub.hf_hub_download(ref.repo, prefix + MANIFEST_NAME, revision=ref.revision))
+    try:
+        files = list(json.loads(manifest_file.read_text()).get("files", {}))
+    except (OSError, ValueError, AttributeError) as e:
+        raise BundleError(f"{value}: its {MANIFEST_NAME} is not a bundle manifest ({e})") from None
+    with _hub_errors(ref, BundleError):
+        hub.snapshot_download(
+            ref.repo,
+            revision=ref.revision,
+            allow_patterns=[prefix + MANIFEST_NAME, *(prefix + f for f in files)],
+        )
+    return manifest_file.parent
+
+
 def local_checkpoint(value: str) -> str:
     """A checkpoint argument as a local path: Hub names are downloaded (a file, or the folder of
     this project's own format), local paths come back unchanged."""

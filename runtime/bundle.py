@@ -15,6 +15,7 @@ from typing import Any
 import onnxruntime as ort
 from clipcap.runtime.validate import validate_manifest
 
+from clipcap import hub
 from clipcap.config import Preprocessing
 from clipcap.errors import BundleError, ConfigError, MissingDependencyError
 from clipcap.manifest import read_manifest, sha256_file
@@ -45,7 +46,12 @@ class Bundle:
 def open_bundle(path: str | Path, *, check_files: bool = True) -> Bundle:
     """Read and check a bundle directory: the manifest's schema, every path confined to the bundle
     (runtime/validate.py), and each listed file's size and SHA-256 (``check_files=False`` skips
-    only the hashing, never the sizes or the confinement)."""
+    only the hashing, never the sizes or the confinement).
+
+    ``path`` may name a bundle on the Hugging Face Hub, ``hf:OWNER/REPO[/FOLDER][@REVISION]``: its
+    files are downloaded into the Hub's cache, then checked here like any bundle's."""
+    if hub.is_hub_ref(path):
+        path = hub.download_bundle(str(path))
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path}: no such bundle directory; make one with `clipcap export`")

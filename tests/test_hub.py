@@ -155,3 +155,32 @@ def test_clipcap_push_offline_is_one_line(tiny_bundle, hub_cache, capsys):
         err.startswith("clipcap push: error: cannot push to me/tiny: HF_HUB_OFFLINE is set")
         and err.count("\n") == 1
     )
+
+
+@pytest.mark.parametrize("folder", ["", "bundles/fp32"])
+def test_captioner_takes_a_bundle_on_the_hub(tiny_bundle, hub_cache, folder):
+    """A bundle published to a repository (its root or a folder) opens by name, offline, checked
+    as any bundle (its snapshot files are links into blobs/), and captions as the local one does."""
+    import numpy as np
+    from clipcap.runtime import Captioner
+
+    prefix = f"{folder}/" if folder else ""
+    files = {prefix + p.name: p.read_bytes() for p in tiny_bundle[0].iterdir()}
+    files["README.md"] = b"a model card"
+    hub_cache.publish("me/tiny", files)
+    name = "hf:me/tiny" + (f"/{folder}" if folder else "")
+    embeds = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
+    got = Captioner(name).caption_embeddings(embeds, max_new_tokens=6)
+    assert [c.tokens for c in got] == [
+        c.tokens for c in Captioner(tiny_bundle[0]).caption_embeddings(embeds, max_new_tokens=6)
+    ]
+
+
+def test_a_bundle_missing_on_the_hub_says_what_to_do(hub_cache):
+    from clipcap.runtime import Captioner
+
+    from clipcap.errors import BundleError
+
+    hub_cache.publish("me/other", {"model.pt": b"x"})
+    with pytest.raises(BundleError, match=r"hf:me/other/clipcap\.json: not in the Hugging Face cache"):
+        Captioner("hf:me/other")
