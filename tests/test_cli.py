@@ -675,3 +675,12 @@ def test_caption_embeddings_reads_npy_and_embedding_sets_and_refuses_bad_files(t
         assert main(["caption", "--embeddings", str(bad), *bundle]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"clipcap caption: error: {bad}") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("spelling", ["top_k", "top-k"])
+def test_both_strategy_spellings_are_taken(spelling):
+    from clipcap.cli import build_parser
+    from clipcap.cli.flags import decoding_overrides
+
+    args = build_parser().parse_args(["caption", "x.png", "--bundle", "b", "--strategy", spelling])
+    assert decoding_overrides(args)["strategy"] == "top_k"

@@ -117,8 +117,11 @@ DECODING_FLAGS = (  # flag, DecodingOptions field, argparse keywords (a declared
         "--strategy",
         "strategy",
         dict(
-            choices=("greedy", "top-k", "top-p", "beam"),
-            help="greedy: the likeliest token; top-k / top-p: sampling; beam: beam search",
+            # One spelling shown (the Python API's), both taken: top-k is top_k, top-p is top_p.
+            type=lambda s: s.replace("-", "_"),
+            choices=("greedy", "top_k", "top_p", "beam"),
+            help="greedy: the likeliest token; top_k / top_p: sampling (top-k / top-p also taken); "
+            "beam: beam search",
         ),
     ),
     ("--top-k", "top_k", dict(type=int, metavar="K", help="top-k sampling: draw among the K likeliest")),
