@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipcap.errors import ConfigError
+from clipcap.jsonfile import from_json_object
 from clipcap.options import OWN_DEFAULTS, DecodingOptions
 
 MAPPER_KINDS = ("mlp", "linear", "transformer")
@@ -266,15 +267,4 @@ class ClipCapConfig:
 
 
 def _build(cls: type, data: Any) -> Any:
-    if isinstance(data, cls):
-        return data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"unknown {cls.__name__} fields: {', '.join(unknown)}")
-    try:
-        return cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"{cls.__name__}: {e}") from None
+    return from_json_object(cls, data, f"{cls.__name__} fields")

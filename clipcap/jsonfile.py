@@ -4,11 +4,12 @@ way: present, parseable, an object, the right ``format``, a version this code re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
-from clipcap.errors import ClipCapError
+from clipcap.errors import ClipCapError, OptionsError
 
 
 def read_versioned_json(
@@ -38,3 +39,20 @@ def read_versioned_json(
             f"(this clipcap-onnx reads version {version}); {fix}"
         )
     return data
+
+
+def from_json_object(cls: type, data: Any, what: str, error: type[ClipCapError] = OptionsError) -> Any:
+    """A dataclass from a JSON object: an unknown key is refused by name, not silently dropped,
+    and a missing or mistyped one is one ``error``. ``what`` names the keys ("decoding options")."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise error(f"{what} must be a JSON object, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise error(f"unknown {what}: {', '.join(map(str, unknown))}")
+    try:
+        return cls(**data)
+    except TypeError as e:
+        raise error(f"{what}: {e}") from None

@@ -162,11 +162,9 @@ class DecodingOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DecodingOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"unknown decoding options: {', '.join(unknown)}")
-        return cls(**data)
+        from clipcap.jsonfile import from_json_object
+
+        return from_json_object(cls, data, "decoding options")
 
 
 def _is_int(value: Any) -> bool:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from clipcap.errors import OptionsError
+from clipcap.jsonfile import from_json_object
 
 VARIANTS = ("mlp", "transformer")
 
@@ -130,11 +131,7 @@ class TrainOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise OptionsError(f"unknown training options: {', '.join(unknown)}")
-        return cls(**data)
+        return from_json_object(cls, data, "training options")
 
     def differences(self, other: TrainOptions, *, ignore: frozenset[str] = frozenset()) -> list[str]:
         """``name: self's -> other's`` for each field that differs (those in ``ignore`` aside)."""
