@@ -21,21 +21,25 @@ def read_versioned_json(
     what: str,
     fix: str,
     error: type[ClipCapError],
+    max_bytes: int = 64 << 20,
 ) -> dict[str, Any]:
     """``path`` parsed, or ``error`` naming the file, what is wrong and ``fix``.
 
     ``what`` names the file for people ("bundle manifest"); ``fix`` is how to get a good one
-    ("export the bundle again").
+    ("export the bundle again"). A file over ``max_bytes`` is refused before it is read.
     """
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise error(f"{path}: {size} bytes is too large for a {what}; {fix}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise error(f"{path}: unreadable {what} ({e}); {fix}") from None
     if not isinstance(data, dict) or data.get("format") != format:
         raise error(f"{path}: not a {format} file; {fix}")
     if data.get(version_key) != version:
         raise error(
-            f"{path}: {what} version {data.get(version_key)!r} is not supported "
+            f"{path}: {what} format version {data.get(version_key)!r} is not supported "
             f"(this clipcap-onnx reads version {version}); {fix}"
         )
     return data

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from clipcap.errors import BundleError
+from clipcap.jsonfile import read_versioned_json
 
 BUNDLE_FORMAT = "clipcap-onnx-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -54,19 +55,13 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
         raise BundleError(
             f"{directory}: not a clipcap bundle ({MANIFEST_NAME} is missing); make one with `clipcap export`"
         )
-    if path.stat().st_size > MAX_MANIFEST_BYTES:  # a manifest is ~10 kB; this is not one
-        raise BundleError(
-            f"{path}: {path.stat().st_size} bytes is too large for a manifest; export the bundle again"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise BundleError(f"{path}: unreadable manifest ({e}); export the bundle again") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: not a {BUNDLE_FORMAT} manifest")
-    if manifest.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise BundleError(
-            f"{path}: bundle format version {manifest.get('format_version')} is not supported by this "
-            f"clipcap-onnx (it reads version {BUNDLE_FORMAT_VERSION}); export the bundle again"
-        )
-    return manifest
+    return read_versioned_json(
+        path,
+        format=BUNDLE_FORMAT,
+        version=BUNDLE_FORMAT_VERSION,
+        version_key="format_version",
+        what="bundle manifest",
+        fix="export the bundle again",
+        error=BundleError,
+        max_bytes=MAX_MANIFEST_BYTES,  # a manifest is ~10 kB; anything far larger is not one
+    )
