@@ -92,8 +92,9 @@ def resolve_providers(provider: str | Sequence[str], *, fallback: bool = False) 
     if missing and CUDA in missing and not fallback:
         raise MissingDependencyError(
             f"{CUDA} is not available in this onnxruntime ({', '.join(available)}). Install the GPU build "
-            "(pip uninstall -y onnxruntime && pip install 'clipcap-onnx[gpu]') with a CUDA driver, or "
-            "allow the CPU with fallback=True (--fallback-cpu)"
+            "alone, as the README says (pip uninstall -y onnxruntime onnxruntime-gpu && pip install "
+            "onnxruntime-gpu; the two builds must never sit side by side) with a CUDA driver, or allow "
+            "the CPU with fallback_to_cpu=True (--fallback-to-cpu)"
         )
     if missing and not fallback:
         raise MissingDependencyError(f"providers {missing} are not available here (available: {available})")

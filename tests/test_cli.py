@@ -684,3 +684,16 @@ def test_both_strategy_spellings_are_taken(spelling):
 
     args = build_parser().parse_args(["caption", "x.png", "--bundle", "b", "--strategy", spelling])
     assert decoding_overrides(args)["strategy"] == "top_k"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["embed", "d.jsonl", "-o", "e", "--clip", "x:y"],
+        ["train", "--data", "d", "--variant", "mlp", "-o", "o"],
+    ],
+)
+def test_device_defaults_to_auto(argv):
+    from clipcap.cli import build_parser
+
+    assert build_parser().parse_args(argv).device == "auto"

@@ -71,7 +71,12 @@ def add_arguments(parser) -> None:
     )
     flags.add_clip_flags(parser, required=True, title="CLIP")
     running = parser.add_argument_group("running")
-    running.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu (default), cuda, cuda:N")
+    running.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto (CUDA when PyTorch sees a GPU, else cpu), cpu, cuda, cuda:N",
+    )
     running.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch")
     running.add_argument(
         "--workers", type=int, metavar="N", help="threads loading images (default: up to 8; 0: none)"

@@ -58,7 +58,9 @@ def add_arguments(parser) -> None:
         running, provider="where ONNX Runtime runs, for --bundle", fallback=False, threads=None
     )
     running.add_argument(
-        "--device", metavar="DEVICE", help="PyTorch's, for --checkpoint: cpu (default), cuda"
+        "--device",
+        metavar="DEVICE",
+        help="PyTorch's, for --checkpoint: auto (default: CUDA when available), cpu, cuda",
     )
     running.add_argument(
         "--tokenizer",
@@ -97,7 +99,7 @@ def run(args) -> int:
         limit=args.limit,
         overrides=flags.decoding_overrides(args),
         provider=flags.runtime_settings(args)["provider"],
-        device=args.device or "cpu",
+        device=args.device or "auto",
         tokenizer=args.tokenizer,
         batch_size=args.batch_size,
         java=False if args.no_java else None,

@@ -77,7 +77,12 @@ def add_arguments(parser) -> None:
     )
     add_train_options(parser.add_argument_group("training (defaults: the paper's)"))
     running = parser.add_argument_group("running")
-    running.add_argument("--device", default="cpu", metavar="DEVICE", help="cpu (default), cuda, cuda:N")
+    running.add_argument(
+        "--device",
+        default="auto",
+        metavar="DEVICE",
+        help="auto (CUDA when PyTorch sees a GPU, else cpu), cpu, cuda, cuda:N",
+    )
     running.add_argument("--no-progress", dest="progress", action="store_false", help="no progress output")
 
 
