@@ -29,6 +29,7 @@ TORCH_FREE_MODULES = (
     "clipcap.jsonfile",
     "clipcap.hub",
     "clipcap.models",
+    "clipcap.models.clip_downloads",
     "clipcap.data",
     "clipcap.data.datasets",
     "clipcap.data.embeddings",
