@@ -20,26 +20,32 @@ A metric that cannot run (no Java, no SPICE models, METEOR's JVM failing to star
 Scores, with the reason in ``Scores.skipped``; it never stops the others. Values are
 pycocoevalcap's raw ones (BLEU, ROUGE-L, METEOR, SPICE in 0..1; CIDEr-D about 0..10);
 ``Scores.table()`` shows them x100, as papers print them. Torch-free.
+
+Java and the jars it runs are in :mod:`clipcap.eval.java`, the Python tokenizer in
+:mod:`clipcap.eval.ptb`; this module scores.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
 import logging
-import re
-import shutil
 import string
-import subprocess
-import tempfile
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from clipcap.errors import JavaError, MetricSkipped, OptionsError, require
+
+# Java (finding it, its tokenizer, METEOR, SPICE) and the Python tokenizer live in their own modules;
+# their public names are re-exported here, where callers and tests import them.
+from clipcap.eval.java import (
+    _meteor,
+    _spice,
+    java_ptb_tokenize,
+    java_status,
+    spice_models_missing,  # noqa: F401 - re-exported
+)
+from clipcap.eval.ptb import PUNCTUATIONS, python_ptb_tokenize  # noqa: F401 - PUNCTUATIONS re-exported
 
 log = logging.getLogger(__name__)
 
@@ -255,22 +261,6 @@ def _scorers() -> tuple[type, type, type]:
 # --- Java ---------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1)
-def java_status() -> tuple[bool, str]:
-    """(usable, a line about it): ``java`` on PATH that answers ``java -version``. Cached."""
-    exe = shutil.which("java")
-    if exe is None:
-        return False, "Java not found (METEOR and SPICE need a Java runtime on PATH)"
-    try:
-        proc = subprocess.run([exe, "-version"], capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return False, f"`java -version` failed ({e})"
-    said = (proc.stderr or proc.stdout).strip().splitlines()
-    if proc.returncode != 0:
-        return False, f"`java -version` exited with status {proc.returncode}: {said[-1] if said else ''}"
-    return True, said[0] if said else exe
-
-
 def _java_choice(java: bool | None) -> tuple[bool, str]:
     if java is False:
         return False, "Java not used (java=False / --no-java)"
@@ -278,276 +268,3 @@ def _java_choice(java: bool | None) -> tuple[bool, str]:
     if java is True and not usable:
         raise OptionsError(f"Java was required but cannot be used: {line}")
     return usable, line
-
-
-def _pycocoevalcap_dir() -> Path:
-    ptb = require("pycocoevalcap.tokenizer.ptbtokenizer", "train")
-    return Path(ptb.__file__).parent.parent
-
-
-def _stderr_tail(text: str | bytes | None, lines: int = 2) -> str:
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    kept = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return "; ".join(kept[-lines:]) or "no message"
-
-
-# --- Tokenisation ---------------------------------------------------------------------------------
-
-# coco-caption's list (pycocoevalcap.tokenizer.ptbtokenizer.PUNCTUATIONS; a test checks they agree).
-# The bracket names are upper case while the tokens are lowercased, so coco-caption keeps "-lrb-"
-# and friends as words; so does the imitation below.
-PUNCTUATIONS = frozenset(
-    ["''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--", "...", ";"]
-)
-# Characters that end a line for Java's -preserveLines: inside a caption they would shift every
-# later caption's tokens onto the wrong image, so they become spaces (coco-caption replaces "\n").
-_LINE_BREAKS = re.compile("[\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
-
-
-def java_ptb_tokenize(sentences: Sequence[str]) -> list[str]:
-    """Tokenise as coco-caption does: Stanford PTBTokenizer, lowercased, its punctuation list removed.
-
-    The same jar, command line and punctuation list as pycocoevalcap's ``PTBTokenizer``, which this
-    does not call because it writes its temporary file into the installed package (failing where
-    site-packages is read-only), lets Java's progress line through to stderr, has no timeout,
-    misaligns captions when one contains a line break, and leaves out the final newline (so the
-    last caption of a batch can tokenise differently).
-
-    Raises:
-        JavaError: Java failed or took too long.
-    """
-    jar = _pycocoevalcap_dir() / "tokenizer" / "stanford-corenlp-3.4.1.jar"
-    lines = [_LINE_BREAKS.sub(" ", s) for s in sentences]
-    # Blank lines are left out: the output then has one line per input line, whatever Java does
-    # with blank lines at the end of the file.
-    sent = [i for i, s in enumerate(lines) if s.strip()]
-    out = [""] * len(lines)
-    if not sent:
-        return out
-    with tempfile.TemporaryDirectory(prefix="clipcap-ptb-") as tmp:
-        path = Path(tmp) / "captions.txt"
-        # The final newline matters: at the very end of a file the lexer reads "i'd've" as "i 'd ` ve".
-        path.write_text("".join(lines[i] + "\n" for i in sent), encoding="utf-8")
-        command = ["java", "-cp", str(jar), "edu.stanford.nlp.process.PTBTokenizer", "-preserveLines"]
-        command += ["-lowerCase", str(path)]
-        try:
-            proc = subprocess.run(command, capture_output=True, timeout=120 + len(sent) / 100)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise JavaError(f"PTBTokenizer: {e}") from None
-    if proc.returncode != 0:
-        raise JavaError(f"PTBTokenizer exited with status {proc.returncode}: {_stderr_tail(proc.stderr)}")
-    tokenized = proc.stdout.decode("utf-8").split("\n")
-    if len(tokenized) < len(sent):
-        raise JavaError(f"PTBTokenizer returned {len(tokenized)} lines for {len(sent)} captions")
-    for i, line in zip(sent, tokenized, strict=False):
-        out[i] = " ".join(w for w in line.rstrip().split(" ") if w not in PUNCTUATIONS)
-    return out
-
-
-# Stanford's PTBLexer keeps the period of these (and of single letters and acronyms: "j.", "u.s.").
-_ABBREVIATIONS = frozenset(
-    (
-        *("mr", "mrs", "ms", "dr", "prof", "rev", "st", "jr", "sr", "hon"),
-        *("gen", "col", "lt", "sgt", "capt", "gov", "sen", "rep"),
-        *("mt", "ft", "ave", "blvd", "rd", "inc", "co", "corp", "ltd", "bros", "dept", "est", "sq"),
-        *("jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"),
-        *("mon", "tue", "tues", "wed", "thu", "thurs", "fri", "etc", "vs", "al", "cf"),
-    )
-)
-_ACRONYM = re.compile(r"[a-z](?:\.[a-z])*")  # before the final period: "u.s", "a.k.a", "j"
-_CONTRACTION = re.compile(r"(.*[^'])(n't|'s|'m|'re|'ve|'ll|'d)")
-# '90s, rock 'n' roll, 'em, and clitics standing alone ("a man 's hat")
-_KEEP_LEADING_QUOTE = re.compile(r"'(?:\d+s?|n'|em|s|m|re|ve|ll|d)")
-_SPLIT_WORDS = {
-    "gonna": ["gon", "na"],
-    "gotta": ["got", "ta"],
-    "wanna": ["wan", "na"],
-    "lemme": ["lem", "me"],
-    "gimme": ["gim", "me"],
-    "cannot": ["can", "not"],
-    "'tis": ["'t", "is"],
-    "'twas": ["'t", "was"],
-    "more'n": ["more", "'n"],
-}
-_UNICODE = str.maketrans(
-    {
-        "’": "'",
-        "‘": "'",
-        "“": '"',
-        "”": '"',
-        "„": '"',
-        "—": " -- ",
-        "–": " -- ",
-        "…": "...",
-        "€": "$",
-        "£": "#",
-    }
-)
-_BRACKETS = {"(": "-lrb-", ")": "-rrb-", "[": "-lsb-", "]": "-rsb-", "{": "-lcb-", "}": "-rcb-"}
-_BRACKET_TOKENS = frozenset(_BRACKETS.values())
-_TEXT_RULES = [
-    (re.compile("[\ufffd\x00-\x08\x0e-\x1f\x7f]"), " "),  # Java drops these (undecodable bytes, controls)
-    (re.compile(r"[\"`]"), " "),  # double quotes and backquotes: PTB's `` '' ` tokens, all removed
-    (re.compile(r"-{2,}"), " -- "),
-    (re.compile(r"\.{2,}"), " ... "),
-    (re.compile(r"[;+=^~*|%#]"), r" \g<0> "),  # always a token of their own
-    (re.compile(r"(?<!\d),|,(?!\d)"), " , "),  # except in numbers: 1,000
-    (re.compile(r"(?<!\d):(?!//)|:(?!\d|//)"), " : "),  # except in times and URLs: 3:30, http://
-    (re.compile(r"\$(?=\d)"), "$ "),  # $5 -> $ 5, 5$ -> 5 $ (but us$ stays)
-    (re.compile(r"(?<=\d)\$"), " $"),
-]
-
-
-def python_ptb_tokenize(text: str) -> str:
-    """Tokenise like coco-caption's Stanford PTBTokenizer + punctuation removal, in pure Python.
-
-    Lowercases; splits off punctuation, quotes and clitics ("dog's" -> "dog 's", "don't" -> "do n't",
-    "cannot" -> "can not"); keeps numbers ("1,000", "5.5", "3:30"), hyphenated words, acronyms and
-    common abbreviations ("u.s.", "mr.") whole; turns brackets into PTB's "-lrb-" etc. (which
-    coco-caption keeps); then drops coco-caption's punctuation tokens. It agrees with the Java
-    tokenizer on ordinary caption text; known differences, all rare in captions: emoticons, SGML
-    tags, "no." before a number, fractions ("2 1/2"), "y'all", "5'10", "rock'n'roll", "3:30pm".
-    """
-    text = _LINE_BREAKS.sub(" ", text).lower().translate(_UNICODE)
-    for bracket, name in _BRACKETS.items():
-        text = text.replace(bracket, f" {name} ")
-    for pattern, replacement in _TEXT_RULES:
-        text = pattern.sub(replacement, text)
-    tokens = [t for chunk in text.split() for t in _chunk_tokens(chunk)]
-    return " ".join(t for t in tokens if t not in PUNCTUATIONS)
-
-
-def _chunk_tokens(chunk: str) -> list[str]:
-    """One whitespace-separated piece -> PTB tokens: peel punctuation off both ends, split clitics."""
-    if chunk in _BRACKET_TOKENS:
-        return [chunk]
-    lead: list[str] = []
-    trail: list[str] = []
-    while len(chunk) > 1:  # leading punctuation
-        run = re.match(r"[!?]+", chunk)
-        if run and run.end() < len(chunk):
-            piece = run.group()
-        elif chunk[0] in "-." and not chunk[1].isdigit():
-            piece = chunk[0]
-        elif chunk[0] == "'" and not _KEEP_LEADING_QUOTE.fullmatch(chunk) and chunk not in _SPLIT_WORDS:
-            piece = "'"
-        else:
-            break
-        lead.append(piece)
-        chunk = chunk[len(piece) :]
-    while len(chunk) > 1:  # trailing punctuation
-        run = re.search(r"[!?]+$", chunk)
-        if run and run.start() > 0:
-            piece = run.group()
-        elif chunk[-1] in "-/" or (chunk[-1] == "'" and chunk != "'n'"):
-            piece = chunk[-1]
-        elif chunk[-1] == "." and not _keeps_period(chunk[:-1]):
-            piece = "."
-        else:
-            break
-        trail.append(piece)
-        chunk = chunk[: -len(piece)]
-    if chunk in _SPLIT_WORDS:
-        core = list(_SPLIT_WORDS[chunk])
-    else:
-        core = []
-        while m := _CONTRACTION.fullmatch(chunk):  # "i'd've" -> i 'd 've
-            chunk, clitic = m.groups()
-            core.insert(0, clitic)
-        core.insert(0, chunk)
-    return lead + core + trail[::-1]
-
-
-def _keeps_period(word: str) -> bool:
-    return bool(_ACRONYM.fullmatch(word)) or word in _ABBREVIATIONS
-
-
-# --- METEOR and SPICE -----------------------------------------------------------------------------
-
-
-def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
-    """pycocoevalcap's METEOR, its JVM always closed; any failure becomes MetricSkipped."""
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    try:
-        meteor = Meteor()  # starts `java -jar -Xmx2G meteor-1.5.jar` at once
-    except OSError as e:
-        raise MetricSkipped(f"METEOR could not start Java ({e})") from None
-    process = meteor.meteor_p
-    # Meteor reads its answers with blocking readline(): a JVM that dies (e.g. too little memory
-    # for -Xmx2G) gives EOF, but one that stalls would block forever. The timer kills it, which
-    # gives EOF too.
-    limit = 120 + 0.05 * len(res)
-    timed_out = threading.Event()
-
-    def stop() -> None:
-        timed_out.set()
-        process.kill()
-
-    timer = threading.Timer(limit, stop)
-    timer.daemon = True
-    timer.start()
-    try:
-        score, _ = meteor.compute_score(gts, res)
-        return float(score)
-    except Exception as e:  # EOF read as a float, a broken pipe: the JVM is gone
-        timer.cancel()
-        process.kill()
-        process.wait()
-        if timed_out.is_set():
-            why = f"no answer within {limit:.0f} s"
-        else:
-            why = f"Java exited with status {process.returncode}: {_stderr_tail(process.stderr.read())}"
-        raise MetricSkipped(f"METEOR failed ({why}; {type(e).__name__})") from None
-    finally:
-        timer.cancel()
-        _close(process)
-        # compute_score holds this lock when it fails, and Meteor.__del__ takes it again: a fresh
-        # one keeps garbage collection from blocking forever.
-        meteor.lock = threading.Lock()
-
-
-def _close(process: subprocess.Popen) -> None:
-    for stream in (process.stdin, process.stdout, process.stderr):
-        if stream is not None:
-            with contextlib.suppress(OSError):
-                stream.close()
-    if process.poll() is None:
-        process.kill()
-    process.wait()
-
-
-def spice_models_missing() -> str | None:
-    """Why SPICE cannot run here without a download (its CoreNLP jars are absent), or None."""
-    from pycocoevalcap.spice import get_stanford_models as models
-
-    lib = Path(models.SPICEDIR) / models.SPICELIB
-    missing = [
-        name for name in (f"{models.JAR}.jar", f"{models.JAR}-models.jar") if not (lib / name).is_file()
-    ]
-    if not missing:
-        return None
-    return (
-        f"SPICE needs Stanford CoreNLP ({' and '.join(missing)} in {lib}), which pycocoevalcap downloads "
-        "(~400 MB) on first use; never downloaded here. To enable SPICE, run once online: "
-        "python -m pycocoevalcap.spice.get_stanford_models"
-    )
-
-
-def _spice(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
-    missing = spice_models_missing()
-    if missing:
-        raise MetricSkipped(missing)
-    from pycocoevalcap.spice.spice import Spice
-
-    try:
-        # Spice() only checks the CoreNLP jar is there (it is): no download starts.
-        score, _ = Spice().compute_score(gts, res)
-    except subprocess.CalledProcessError as e:
-        raise MetricSkipped(
-            f"SPICE failed (Java exited with status {e.returncode}; it asks for -Xmx8G)"
-        ) from None
-    except Exception as e:
-        raise MetricSkipped(f"SPICE failed ({type(e).__name__}: {e})") from None
-    return float(score)
