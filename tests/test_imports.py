@@ -43,6 +43,10 @@ TORCH_FREE_MODULES = (
     "clipcap.benchmarks.options",
     "clipcap.benchmarks.timing",
     "clipcap.benchmarks.coldstart",
+    "clipcap.benchmarks.report",
+    "clipcap.benchmarks.report_targets",
+    "clipcap.benchmarks.report_markdown",
+    "clipcap.benchmarks.report_plot",
 )
 
 
