@@ -38,6 +38,8 @@ TORCH_FREE_MODULES = (
     "clipcap.demo",
     "clipcap.demo.synthetic",
     "clipcap.demo.run",
+    "clipcap.demo.report",
+    "clipcap.demo.progress",
     "clipcap.export",
     "clipcap.benchmarks",
     "clipcap.benchmarks.options",

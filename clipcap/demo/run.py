@@ -15,17 +15,17 @@ everything in between (data, base models, checkpoints), and prints a summary tab
 from __future__ import annotations
 
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from clipcap import machine
+from clipcap.demo.progress import Say, _bar, _print, _Stages
+
+# The report (table, contact sheet, machine) lives in clipcap.demo.report; re-exported for callers and tests.
+from clipcap.demo.report import _contact_sheet, _machine, summary_table
 from clipcap.errors import OptionsError
 
 VARIANTS = ("mlp", "transformer")
@@ -75,8 +75,6 @@ TRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "transformer": dict(lr=2e-3, warmup_steps=100, batch_size=64, mapper_layers=4, clip_length=10),
 }
 
-Say = Callable[[str], None]
-
 
 def run_demo(
     out: str | Path,
@@ -87,17 +85,10 @@ def run_demo(
     say: Say | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; returns the report (also written to ``out/report.json``)."""
-    variants = tuple(variants)
-    if not variants or any(v not in VARIANTS for v in variants):
-        raise OptionsError(
-            f"variants must be among {', '.join(VARIANTS)}, got {', '.join(variants) or 'none'}"
-        )
+    variants = _checked_variants(variants)
     import torch
 
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise OptionsError(f"{out}: exists and is not a directory; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _output_directory(out)
     plan = QUICK if quick else FULL
     say = say or _print
     clock = _Stages(say)
@@ -121,21 +112,8 @@ def run_demo(
     with clock.stage("pretrain_gpt2", f"[4/{n_stages}] pre-training a small GPT-2 on the training captions"):
         gpt2_dir, perplexity = _pretrain_gpt2(out / "gpt2", data, plan, seed)
 
-    results: dict[str, dict[str, Any]] = {}
-    n = 5
-    for variant in variants:
-        epochs = plan.train_epochs[variant]
-        with clock.stage(
-            f"train_{variant}", f"[{n}/{n_stages}] clipcap train --variant {variant} ({epochs} epochs)"
-        ):
-            trained = _train(variant, epochs, embeddings, gpt2_dir, out / f"train-{variant}", seed)
-        with clock.stage(
-            f"export_{variant}",
-            f"[{n + 1}/{n_stages}] clipcap export: a verified fp32 bundle of the {variant} model",
-        ):
-            bundle = _export(trained.model, encoder, gpt2_dir, out / f"bundle-{variant}")
-        results[variant] = {"trained": trained, "bundle": bundle}
-        n += 2
+    results = _train_and_export(variants, plan, clock, n_stages, out, embeddings, gpt2_dir, encoder, seed)
+    n = 5 + 2 * len(variants)
 
     with clock.stage(
         "caption_and_score", f"[{n}/{n_stages}] captioning the {plan.n_test} held-out images; scores, timings"
@@ -167,6 +145,53 @@ def run_demo(
 
 # --------------------------------------------------------------------------------------------------
 # The stages
+
+
+def _checked_variants(variants: Sequence[str]) -> tuple[str, ...]:
+    variants = tuple(variants)
+    if not variants or any(v not in VARIANTS for v in variants):
+        raise OptionsError(
+            f"variants must be among {', '.join(VARIANTS)}, got {', '.join(variants) or 'none'}"
+        )
+    return variants
+
+
+def _output_directory(out: str | Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OptionsError(f"{out}: exists and is not a directory; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _train_and_export(
+    variants: tuple[str, ...],
+    plan: DemoPlan,
+    clock: _Stages,
+    n_stages: int,
+    out: Path,
+    embeddings: Path,
+    gpt2_dir: Path,
+    encoder,
+    seed: int,
+) -> dict[str, dict[str, Any]]:
+    """Stages 5 onwards, two per variant: clipcap train, then a verified fp32 bundle of the model."""
+    results: dict[str, dict[str, Any]] = {}
+    n = 5
+    for variant in variants:
+        epochs = plan.train_epochs[variant]
+        with clock.stage(
+            f"train_{variant}", f"[{n}/{n_stages}] clipcap train --variant {variant} ({epochs} epochs)"
+        ):
+            trained = _train(variant, epochs, embeddings, gpt2_dir, out / f"train-{variant}", seed)
+        with clock.stage(
+            f"export_{variant}",
+            f"[{n + 1}/{n_stages}] clipcap export: a verified fp32 bundle of the {variant} model",
+        ):
+            bundle = _export(trained.model, encoder, gpt2_dir, out / f"bundle-{variant}")
+        results[variant] = {"trained": trained, "bundle": bundle}
+        n += 2
+    return results
 
 
 def _synthesise(directory: Path, plan: DemoPlan, seed: int) -> Path:
@@ -332,177 +357,5 @@ def _latencies(caption: Callable[[Path], Any], paths: Sequence[Path]) -> list[fl
     return times
 
 
-# --------------------------------------------------------------------------------------------------
-# Output
-
-
-def summary_table(report: dict[str, Any]) -> str:
-    columns = [
-        ("variant", "variant", "{}"),
-        ("exact_match", "exact", "{:.3f}"),
-        ("bleu4", "BLEU-4", "{:.3f}"),
-        ("cider", "CIDEr", "{:.3f}"),
-        ("n_heldout", "held-out", "{}"),
-        ("ort_ms_p50", "ORT ms p50", "{:.1f}"),
-        ("torch_ms_p50", "torch ms p50", "{:.1f}"),
-        ("bundle_mb", "bundle MiB", "{:.1f}"),
-        ("identical_to_pytorch", "= torch", "{:.3f}"),
-    ]
-    rows = [[title for _, title, _ in columns]]
-    for v in report["variants"]:
-        rows.append(["-" if v.get(k) is None else fmt.format(v[k]) for k, _, fmt in columns])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(columns))]
-    lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
-        for r in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    mode = report["mode"]
-    lines.append(
-        f"({mode} demo, {report['seconds']:.0f} s on {report['machine']['cores']} cores; "
-        "latency = one image, load to caption, median)"
-    )
-    return "\n".join(lines)
-
-
-def _contact_sheet(path: Path, test: list[dict[str, Any]], rows: list[dict[str, Any]], root: Path) -> Path:
-    """Held-out images with each variant's caption: green when right, red (and a right answer in
-    grey) when wrong; a picture some variant got wrong has a red frame."""
-    from PIL import Image, ImageDraw
-
-    from clipcap.eval.metrics import normalize_caption
-
-    font = _font(12)
-    thumb, cols, cell_w, line_h, pad = 128, 6, 300, 15, 6
-    blocks = []  # per image: [(text, colour)], wrapped to the cell
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    for i, record in enumerate(test):
-        right = {normalize_caption(c) for c in record["captions"]}
-        lines, wrong = [], False
-        for row in rows:
-            text = row["_predictions"][i]
-            ok = normalize_caption(text) in right
-            wrong |= not ok
-            colour = (0, 130, 0) if ok else (200, 0, 0)
-            lines += [
-                (t, colour) for t in _wrap(f"{row['variant']}: {text}", font, cell_w - 2 * pad, measure)
-            ]
-        if wrong:
-            lines += [
-                (t, (110, 110, 110))
-                for t in _wrap(f"right: {record['captions'][0]}", font, cell_w - 2 * pad, measure)
-            ]
-        blocks.append((lines, wrong))
-    cell_h = thumb + 8 + line_h * max((len(b[0]) for b in blocks), default=1) + 12
-    top = 30
-    sheet = Image.new("RGB", (cols * cell_w, top + -(-len(test) // cols) * cell_h), "white")
-    draw = ImageDraw.Draw(sheet)
-    draw.text(
-        (pad, 8),
-        "clipcap demo, held-out images: green = an exact caption, red = wrong (a right answer in grey)",
-        fill="black",
-        font=font,
-    )
-    for i, (record, (lines, wrong)) in enumerate(zip(test, blocks, strict=True)):
-        x, y = (i % cols) * cell_w, top + (i // cols) * cell_h
-        image = Image.open(root / record["image"]).convert("RGB").resize((thumb, thumb), Image.NEAREST)
-        left = x + (cell_w - thumb) // 2
-        sheet.paste(image, (left, y))
-        if wrong:
-            draw.rectangle((left - 3, y - 3, left + thumb + 2, y + thumb + 2), outline=(200, 0, 0), width=3)
-        for k, (text, colour) in enumerate(lines):
-            draw.text((x + pad, y + thumb + 8 + k * line_h), text, fill=colour, font=font)
-    sheet.save(path)
-    return path
-
-
-def _wrap(text: str, font, width: int, draw) -> list[str]:
-    lines, line = [], ""
-    for word in text.split():
-        candidate = f"{line} {word}" if line else word
-        if line and draw.textlength(candidate, font=font) > width:
-            lines.append(line)
-            candidate = "  " + word
-        line = candidate
-    return [*lines, line]
-
-
-def _font(size: int):
-    from PIL import ImageFont
-
-    try:
-        return ImageFont.load_default(size=size)  # Pillow >= 10.1 with FreeType: a scalable font
-    except TypeError:
-        return ImageFont.load_default()
-
-
-def _machine() -> dict[str, Any]:
-    import onnxruntime
-    import torch
-
-    return {
-        "cpu": machine.cpu_name(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "torch_threads": torch.get_num_threads(),
-    }
-
-
 def _round(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(float(value), digits)
-
-
-def _print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class _Stages:
-    """Times each stage and says when it starts and how long it took."""
-
-    def __init__(self, say: Say) -> None:
-        self.say = say
-        self.seconds: dict[str, float] = {}
-        self.start = time.perf_counter()
-
-    @property
-    def total(self) -> float:
-        return time.perf_counter() - self.start
-
-    def stage(self, key: str, title: str):
-        import contextlib
-
-        @contextlib.contextmanager
-        def timed():
-            self.say(title)
-            t0 = time.perf_counter()
-            yield
-            took = time.perf_counter() - t0
-            self.seconds[key] = round(took, 1)
-            self.say(f"      {took:.1f} s")
-
-        return timed()
-
-
-class _bar:
-    """A tqdm bar for a pre-training loop (step, loss) -> shown on a terminal only."""
-
-    def __init__(self, total: int, name: str) -> None:
-        self.total, self.name = total, name
-
-    def __enter__(self):
-        from tqdm.auto import tqdm
-
-        self.tqdm = tqdm(
-            total=self.total, desc=f"      {self.name}", leave=False, disable=not sys.stderr.isatty()
-        )
-        return self
-
-    def __call__(self, step: int, loss: float) -> None:
-        self.tqdm.update(1)
-        if step % 10 == 0:
-            self.tqdm.set_postfix(loss=f"{loss:.3f}")
-
-    def __exit__(self, *exc) -> None:
-        self.tqdm.close()
