@@ -37,6 +37,7 @@ TORCH_FREE_MODULES = (
     "clipcap.data.conceptual",
     "clipcap.data.folder",
     "clipcap.data.embeddings",
+    "clipcap.data.embed_shards",
     "clipcap.train",
     "clipcap.train.options",
     "clipcap.demo",

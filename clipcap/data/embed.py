@@ -21,9 +21,7 @@ are merged into the final files and ``.partial/`` is removed.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import hashlib
 import json
 import os
 import shutil
@@ -38,7 +36,22 @@ import numpy as np
 
 from clipcap.config import ClipSpec, Preprocessing
 from clipcap.data.datasets import Example
-from clipcap.data.embeddings import CAPTIONS_FILE, EMBEDS_FILE, META_FILE, TENSOR_NAME, write_embeddings
+from clipcap.data.embed_shards import (  # the resumable state in OUT/.partial; names re-exported
+    PARTIAL_DIR,
+    PLAN_FILE,  # noqa: F401
+    PLAN_FORMAT,  # noqa: F401
+    PLAN_VERSION,  # noqa: F401
+    SKIPPED_FILE,
+    _discard,
+    _merge_shards,
+    _plan,
+    _read_shard_entries,
+    _shard_path,
+    _start_or_resume,
+    _write_shard,
+    _write_text,
+)
+from clipcap.data.embeddings import META_FILE, write_embeddings
 from clipcap.errors import OptionsError, require
 from clipcap.models.clip import ImageEncoder
 from clipcap.models.device import torch_device
@@ -49,11 +62,6 @@ torch = require("torch", "export")
 
 __all__ = ["EmbedSummary", "check_destination", "embed_dataset"]
 
-PARTIAL_DIR = ".partial"
-PLAN_FILE = "plan.json"
-PLAN_FORMAT = "clipcap-embed-plan"
-PLAN_VERSION = 1
-SKIPPED_FILE = "skipped.jsonl"
 
 # Why an image was skipped.
 MISSING = "missing"
@@ -118,15 +126,7 @@ def embed_dataset(
     """
     started = time.perf_counter()
     examples = list(examples)
-    if not examples:
-        raise OptionsError("no examples to embed: the dataset has no usable rows")
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if not isinstance(value, int) or value < 1:
-            raise OptionsError(f"{name} must be a whole number >= 1, got {value!r}")
-    if workers is None:
-        workers = min(8, os.cpu_count() or 1)
-    if workers < 0:
-        raise OptionsError(f"workers must be >= 0, got {workers}")
+    workers = _checked_sizes(examples, batch_size, shard_size, workers)
 
     out_dir = Path(out_dir)
     torch_device = check_destination(out_dir, device=device, force=force)  # before --force removes anything
@@ -141,9 +141,42 @@ def embed_dataset(
     skipped_before = sum(len(_read_shard_entries(partial, k)[1]) for k in done)
 
     encoder.to(torch_device)
+    bar = _Progress(len(examples), resumed, skipped_before, progress)
+    _embed_shards_left(shards, done, partial, encoder, torch_device, batch_size, workers, bar)
+
+    embeds, records, skipped = _merge_shards(partial, len(shards), encoder.spec.embed_dim)
+    counts = _write_set(out_dir, embeds, records, skipped, encoder.spec, source)
+    shutil.rmtree(partial)
+    return EmbedSummary(len(records), counts, time.perf_counter() - started, out_dir, resumed)
+
+
+def _checked_sizes(examples: list[Example], batch_size: int, shard_size: int, workers: int | None) -> int:
+    """Refuse an empty set and bad sizes; returns the number of loader threads."""
+    if not examples:
+        raise OptionsError("no examples to embed: the dataset has no usable rows")
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if not isinstance(value, int) or value < 1:
+            raise OptionsError(f"{name} must be a whole number >= 1, got {value!r}")
+    if workers is None:
+        workers = min(8, os.cpu_count() or 1)
+    if workers < 0:
+        raise OptionsError(f"workers must be >= 0, got {workers}")
+    return workers
+
+
+def _embed_shards_left(
+    shards: list[list[Example]],
+    done: set[int],
+    partial: Path,
+    encoder: ImageEncoder,
+    torch_device: torch.device,
+    batch_size: int,
+    workers: int,
+    bar: _Progress,
+) -> None:
+    """Embed and save every shard not yet done; an interrupt says how much is saved and how to resume."""
     prepare = functools.partial(_prepare, spec=encoder.spec.preprocessing)
     pool = ThreadPoolExecutor(workers, thread_name_prefix="clipcap-embed") if workers else None
-    bar = _Progress(len(examples), resumed, skipped_before, progress)
     try:
         for k, shard in enumerate(shards):
             if k in done:
@@ -155,8 +188,9 @@ def embed_dataset(
             done.add(k)
     except KeyboardInterrupt:
         saved = sum(len(shards[k]) for k in done)
+        total = sum(len(shard) for shard in shards)
         raise KeyboardInterrupt(
-            f"interrupted: {len(done)} of {len(shards)} shards ({saved} of {len(examples)} images) are saved "
+            f"interrupted: {len(done)} of {len(shards)} shards ({saved} of {total} images) are saved "
             f"in {partial}; run the same command again to resume"
         ) from None
     finally:
@@ -164,15 +198,23 @@ def embed_dataset(
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    embeds, records, skipped = _merge_shards(partial, len(shards), encoder.spec.embed_dim)
+
+def _write_set(
+    out_dir: Path,
+    embeds: np.ndarray,
+    records: list[dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    clip: ClipSpec,
+    source: dict[str, Any] | None,
+) -> dict[str, int]:
+    """skipped.jsonl and the embedding set; returns the skip counts by reason."""
     counts: dict[str, int] = {}
     for entry in skipped:
         counts[entry["reason"]] = counts.get(entry["reason"], 0) + 1
     counts = dict(sorted(counts.items()))
     _write_text(out_dir / SKIPPED_FILE, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in skipped))
-    write_embeddings(out_dir, embeds, records, clip=encoder.spec, source=source, skipped=counts)
-    shutil.rmtree(partial)
-    return EmbedSummary(len(records), counts, time.perf_counter() - started, out_dir, resumed)
+    write_embeddings(out_dir, embeds, records, clip=clip, source=source, skipped=counts)
+    return counts
 
 
 def check_destination(out_dir: str | Path, *, device: str = "auto", force: bool = False) -> torch.device:
@@ -305,132 +347,3 @@ class _Progress:
 
     def close(self) -> None:
         self.bar.close()
-
-
-# --------------------------------------------------------------------------------------------------
-# The resumable state in OUT/.partial
-
-
-def _plan(examples: list[Example], clip: ClipSpec, shard_size: int) -> dict[str, Any]:
-    """What the shards depend on: a resumed run must have the same."""
-    digest = hashlib.sha256()
-    for e in examples:
-        row = [str(e.image), e.image_id, e.split, list(e.captions)]
-        digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
-    plan = {
-        "format": PLAN_FORMAT,
-        "version": PLAN_VERSION,
-        "count": len(examples),
-        "examples_sha256": digest.hexdigest(),
-        "clip": dataclasses.asdict(clip),
-        "shard_size": shard_size,
-    }
-    return json.loads(json.dumps(plan))  # tuples become lists, as when read back
-
-
-def _start_or_resume(partial: Path, plan: dict[str, Any]) -> None:
-    plan_path = partial / PLAN_FILE
-    if not plan_path.is_file():
-        # No plan: nothing here can be trusted to belong to these inputs.
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-        _write_text(plan_path, json.dumps(plan, indent=2) + "\n")
-        return
-    out_dir = partial.parent
-    try:
-        saved = json.loads(plan_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise OptionsError(
-            f"{plan_path}: unreadable ({e}); pass --force to discard the interrupted run and start over"
-        ) from None
-    if saved != plan:
-        what = {
-            "count": "the number of examples",
-            "examples_sha256": "the images or captions",
-            "clip": "the CLIP",
-            "shard_size": "the shard size",
-            "version": "the plan version",
-        }
-        differs = [v for k, v in what.items() if not isinstance(saved, dict) or saved.get(k) != plan[k]]
-        raise OptionsError(
-            f"{out_dir} holds an interrupted run for other inputs ({', '.join(differs) or 'the plan'} "
-            f"{'differs' if len(differs) == 1 else 'differ'}); pass --force to discard it and start over, "
-            "or another --out"
-        )
-
-
-def _shard_path(partial: Path, k: int, suffix: str) -> Path:
-    return partial / f"shard-{k:06d}{suffix}"
-
-
-def _write_shard(
-    partial: Path,
-    k: int,
-    embeds: np.ndarray,
-    records: list[dict[str, Any]],
-    skipped: list[dict[str, Any]],
-) -> None:
-    from safetensors.numpy import save_file
-
-    tensors = _shard_path(partial, k, ".safetensors")
-    tmp = tensors.with_name(tensors.name + ".tmp")
-    save_file({TENSOR_NAME: np.ascontiguousarray(embeds, dtype=np.float32)}, str(tmp))
-    os.replace(tmp, tensors)
-    # The .json last: its presence marks the shard done.
-    entries = {"records": records, "skipped": skipped}
-    _write_text(_shard_path(partial, k, ".json"), json.dumps(entries, ensure_ascii=False) + "\n")
-
-
-def _read_shard_entries(partial: Path, k: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    path = _shard_path(partial, k, ".json")
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-        return list(entries["records"]), list(entries["skipped"])
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        raise _damaged(path, e) from None
-
-
-def _merge_shards(
-    partial: Path, n_shards: int, dim: int
-) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
-    from safetensors.numpy import load_file
-
-    embeds: list[np.ndarray] = []
-    records: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for k in range(n_shards):
-        shard_records, shard_skipped = _read_shard_entries(partial, k)
-        path = _shard_path(partial, k, ".safetensors")
-        try:
-            shard_embeds = load_file(str(path))[TENSOR_NAME]
-        except Exception as e:  # missing, truncated, wrong key: all the same to the user
-            raise _damaged(path, e) from None
-        if len(shard_embeds) != len(shard_records):
-            raise _damaged(path, f"{len(shard_embeds)} embeddings for {len(shard_records)} records")
-        embeds.append(shard_embeds)
-        records.extend(shard_records)
-        skipped.extend(shard_skipped)
-    kept = [e for e in embeds if len(e)]
-    return (np.concatenate(kept) if kept else np.zeros((0, dim), np.float32)), records, skipped
-
-
-def _damaged(path: Path, problem: object) -> OptionsError:
-    return OptionsError(
-        f"{path}: a damaged shard of an interrupted run ({problem}); pass --force to start over"
-    )
-
-
-def _discard(out_dir: Path) -> None:
-    """Remove what `clipcap embed` writes in ``out_dir``, and nothing else."""
-    if (out_dir / PARTIAL_DIR).exists():
-        shutil.rmtree(out_dir / PARTIAL_DIR)
-    # meta.json first: without it the directory no longer reads as a complete set.
-    for name in (META_FILE, EMBEDS_FILE, CAPTIONS_FILE, SKIPPED_FILE):
-        (out_dir / name).unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
