@@ -54,6 +54,7 @@ TORCH_FREE_MODULES = (
     "clipcap.benchmarks.report_targets",
     "clipcap.benchmarks.report_markdown",
     "clipcap.benchmarks.report_plot",
+    "clipcap.benchmarks.run_sections",
 )
 
 
