@@ -373,7 +373,9 @@ def test_command_line_parses_into_options(tmp_path):
         and o.tokens == (3, 9)
         and o.load_fractions == (0.5,)
     )
-    assert "--tokens 3-9" in __import__("clipcap.benchmarks.serve_run", fromlist=["x"]).reproduce_command(o)
+    from clipcap.benchmarks.serve_baselines import reproduce_command
+
+    assert "--tokens 3-9" in reproduce_command(o)
 
 
 @pytest.fixture(scope="module")

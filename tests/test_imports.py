@@ -50,6 +50,7 @@ TORCH_FREE_MODULES = (
     "clipcap.benchmarks.options",
     "clipcap.benchmarks.timing",
     "clipcap.benchmarks.coldstart",
+    "clipcap.benchmarks.serve_options",
     "clipcap.benchmarks.report",
     "clipcap.benchmarks.report_targets",
     "clipcap.benchmarks.report_markdown",
