@@ -7,6 +7,7 @@ numbers compared.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +34,26 @@ from clipcap.benchmarks.report_targets import (  # noqa: F401
 
 
 def write_reports(report: dict[str, Any], options: BenchOptions) -> list[Path]:
+    return write_files(report, options, markdown, plot)
+
+
+def write_files(
+    report: dict[str, Any],
+    options: Any,
+    render_markdown: Callable[[dict[str, Any]], str],
+    render_plot: Callable[[dict[str, Any], Path], None],
+) -> list[Path]:
+    """The report as JSON, markdown and a plot, to whichever of options.out / .markdown / .plot is
+    set (both benchmarks write their reports this way); the paths written."""
     written = []
     if options.out is not None:
         options.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
         written.append(options.out)
     if options.markdown is not None:
-        options.markdown.write_text(markdown(report))
+        options.markdown.write_text(render_markdown(report))
         written.append(options.markdown)
     if options.plot is not None:
-        plot(report, options.plot)
+        render_plot(report, options.plot)
         written.append(options.plot)
     return written
 

@@ -7,7 +7,6 @@ and mean nothing).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,26 +15,10 @@ RSS_GROWTH_LIMIT = 1.10  # "RSS stays flat": the overload point's peak within 10
 
 
 def write_reports(report: dict[str, Any], options) -> list[Path]:
+    from clipcap.benchmarks.report import write_files
+
     report["targets"] = targets(report)
-    written = []
-    if options.out is not None:
-        options.out.write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
-        written.append(options.out)
-    if options.markdown is not None:
-        options.markdown.write_text(markdown(report))
-        written.append(options.markdown)
-    if options.plot is not None:
-        plot(report, options.plot)
-        written.append(options.plot)
-    return written
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    return write_files(report, options, markdown, plot)
 
 
 # --------------------------------------------------------------------------------------------------
