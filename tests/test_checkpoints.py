@@ -319,3 +319,22 @@ def test_full_size_checkpoints_load(tmp_path, kind):
     clip, tokens = _inputs(sizes["clip_dim"], batch=2)
     with torch.no_grad():
         torch.testing.assert_close(loaded(clip, tokens), model(clip, tokens), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"\x89PNG\r\n\x1a\n" + b"\0" * 32, "a PNG image"),
+        (b"\xff\xd8\xff\xe0" + b"\0" * 32, "a JPEG image"),
+        (b'{"n_layer": 4}', "a JSON file"),
+        (b"%PDF-1.7", "a PDF document"),
+    ],
+)
+def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path, data, kind):
+    """`clipcap info photo.png` says it is a PNG and what info takes, not "a pickle needs code"."""
+    from clipcap.models.checkpoints import load_checkpoint
+
+    path = tmp_path / "photo.pt"
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match=f"{kind}, not a checkpoint: a checkpoint is a .pt"):
+        load_checkpoint(path)

@@ -549,3 +549,21 @@ def test_a_spec_carries_its_architecture_and_rebuilds_anywhere(gelu_safetensors,
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, check=True, capture_output=True)
     with torch.no_grad():
         assert torch.equal(torch.load(tmp_path / "embeds.pt"), encoder(pixels))
+
+
+def test_clip_weights_that_need_code_are_refused_naming_the_file(tiny_config, tmp_path):
+    """A pickle that would run code, given as CLIP weights: refused by its own name, never run."""
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.pt"
+    evil.write_bytes(pickle.dumps({"visual.proj": Evil()}))
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused as CLIP weights: this pickle needs code"):
+        open_clip_encoder(TINY, str(evil), model_config=tiny_config)
+    assert not marker.exists()

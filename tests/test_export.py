@@ -226,7 +226,7 @@ def test_clip_width_mismatch(tiny_encoder, tmp_path):
 def test_unwritable_destination(tiny_encoder, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    with pytest.raises(ConfigError, match="no such directory"):
+    with pytest.raises(ConfigError, match="cannot make the directory to write the bundle into"):
         export_bundle(clipcap_model(), tiny_encoder, blocker / "bundle", progress=lambda _: None)
 
 

@@ -217,6 +217,8 @@ def clip_encoder(args, default=None):
     from clipcap.models.clip import hf_clip_encoder, load_image_encoder, open_clip_encoder
 
     what = args.clip or (default and f"{default.model} ({default.pretrained})")
+    if args.clip_weights:  # the file the user gave, never the default's weights, in every message
+        what = f"{args.clip or (default.model if default else 'CLIP')} ({args.clip_weights})"
     # Absolute: the path is recorded in the embeddings' and then the checkpoint's CLIP spec, and
     # read again by later commands run from other directories.
     weights = str(Path(args.clip_weights).absolute()) if args.clip_weights else None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 import warnings
 import zipfile
@@ -208,6 +209,15 @@ def _create_model(
     source = None if pretrained is None else (pretrained if tag_cfg else str(weights_file))
     try:
         return open_clip.create_model(model_name, pretrained=source, weights_only=True, **activation)
+    except pickle.UnpicklingError:
+        if weights_file is None:
+            raise
+        raise CheckpointError(
+            weights_file,
+            "refused as CLIP weights: this pickle needs code to load (it holds more than tensors), and "
+            "running it could execute anything; pass a plain state dict, a .safetensors file or OpenAI's "
+            "TorchScript .pt",
+        ) from None
     except RuntimeError as e:
         if weights_file is None:
             raise
