@@ -51,6 +51,7 @@ TORCH_FREE_MODULES = (
     "clipcap.benchmarks.timing",
     "clipcap.benchmarks.coldstart",
     "clipcap.benchmarks.serve_options",
+    "clipcap.benchmarks.serve_targets",
     "clipcap.benchmarks.report",
     "clipcap.benchmarks.report_targets",
     "clipcap.benchmarks.report_markdown",
