@@ -391,7 +391,8 @@ def test_full_size_export(kind, clip, tmp_path):
     captioner = Captioner(tmp_path / "bundle")
     embeds = torch.randn(4, encoder.embed_dim, generator=torch.Generator().manual_seed(1))
     for strategy, batch in (("greedy", 4), ("beam", 1), ("beam", 4)):
-        options = captioner.options(strategy=strategy, beam_size=3, max_new_tokens=8)
+        beams = {"beam_size": 3} if strategy == "beam" else {}  # an option the strategy uses, only
+        options = captioner.options(strategy=strategy, max_new_tokens=8, **beams)
         got = captioner.caption_embeddings(embeds[:batch].numpy(), options)
         assert [c.tokens for c in got] == [g.tokens for g in generate(model, embeds[:batch], options)], (
             strategy
