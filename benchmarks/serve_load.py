@@ -320,6 +320,7 @@ def summarise(records: Sequence[Record]) -> PointSummary:
         stats.update(_pcts(beams, "beam_latency_ms"))
     # How late the open loop's client sent its requests (its own lag, not the server's).
     lags = [(r.start - r.scheduled) * 1000 for r in records if r.start]
+    stats["send_lag_ms_p50"] = percentile(lags, 50) if lags else None
     stats["send_lag_ms_p99"] = percentile(lags, 99) if lags else None
     errors: dict[str, int] = {}
     for r in [*failed, *timed_out]:

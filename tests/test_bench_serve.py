@@ -298,9 +298,10 @@ def test_open_loop_sends_on_schedule_and_counts_rejections():
     assert s.sent == len(schedule) and s.ok + s.rejected == s.sent and s.failed == 0
     assert s.rejected > s.sent / 2 and s.ok >= 3
     assert s.stats["reject_ms_p50"] < s.stats["latency_ms_p50"]
-    # Each request left close to its arrival time (the client kept up with the schedule; generous,
-    # for a shared CI machine: the arrivals are 5 ms apart on average, 0.5 s in all).
-    assert s.stats["send_lag_ms_p99"] < 250
+    # Requests leave close to their arrival times: the client keeps up with the schedule (arrivals
+    # 5 ms apart on average, 0.5 s in all). The median says so; the p99 bound only catches a stall,
+    # since one garbage-collection pause on a loaded 2-core machine can delay a few sends.
+    assert s.stats["send_lag_ms_p50"] < 50 and s.stats["send_lag_ms_p99"] < 1000
 
 
 # --------------------------------------------------------------------------------------------------
