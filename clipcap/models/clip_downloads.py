@@ -23,48 +23,47 @@ def _check_download_possible(tag_cfg: dict[str, Any], model_name: str, tag: str)
     """
     hub = tag_cfg.get("hf_hub", "")
     host = "huggingface.co" if hub else urllib.parse.urlparse(tag_cfg.get("url", "")).hostname
-    if hub and _in_hub_cache(hub):
-        return
-    offline = _hub_offline()
-    if not offline and host and _reachable(host):
-        return
-    why = "HF_HUB_OFFLINE is set" if offline else f"{host} cannot be reached (offline?)"
-    raise OptionsError(
-        f"use local CLIP weights: pass --clip-weights FILE (pretrained=FILE in Python). "
-        f"--clip {model_name}:{tag} needs its weights downloaded, they are not in the Hugging Face "
-        f"cache, and {why}"
-    )
+    why = _why_not_downloadable(bool(hub) and _in_hub_cache(hub), host)
+    if why:
+        raise OptionsError(
+            f"use local CLIP weights: pass --clip-weights FILE (pretrained=FILE in Python). "
+            f"--clip {model_name}:{tag} needs its weights downloaded, they are not in the Hugging Face "
+            f"cache, and {why}"
+        )
 
 
 def _check_hub_repo_available(repo: str) -> None:
     """The same fail-fast for a Hugging Face CLIP named by its hub id."""
-    if _in_hub_cache(f"{repo}/config.json"):
-        return
-    offline = _hub_offline()
-    if not offline and _reachable("huggingface.co"):
-        return
-    why = "HF_HUB_OFFLINE is set" if offline else "huggingface.co cannot be reached (offline?)"
-    raise OptionsError(
-        f"use a local CLIP: pass --clip hf:DIR, a save_pretrained directory. The hub id {repo!r} "
-        f"is not in the Hugging Face cache, and {why}"
-    )
+    why = _why_not_downloadable(_in_hub_cache(f"{repo}/config.json"), "huggingface.co")
+    if why:
+        raise OptionsError(
+            f"use a local CLIP: pass --clip hf:DIR, a save_pretrained directory. The hub id {repo!r} "
+            f"is not in the Hugging Face cache, and {why}"
+        )
+
+
+def _why_not_downloadable(cached: bool, host: str | None) -> str | None:
+    """None when a download can go ahead (already cached, or online and the host answers), else why not."""
+    if cached:
+        return None
+    if _hub_offline():
+        return "HF_HUB_OFFLINE is set"
+    if host and _reachable(host):
+        return None
+    return f"{host} cannot be reached (offline?)"
 
 
 def _in_hub_cache(hub: str, cache_dir: str | os.PathLike[str] | None = None) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
+    from huggingface_hub import try_to_load_from_cache  # a dependency of the plain install
+
     repo, filename = os.path.split(hub)  # open_clip's reading: "org/model/" names no file
     names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
     return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=cache_dir), str) for name in names)
 
 
 def _hub_offline() -> bool:
-    try:
-        from huggingface_hub import constants
-    except ImportError:
-        return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    from huggingface_hub import constants  # read at call time: tests and users may set it late
+
     return bool(constants.HF_HUB_OFFLINE)
 
 
