@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	PYTHONWARNINGS=$(QUIET_BUILD) $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The whole chain offline (194 s on 2 cores): see `clipcap demo --help`.
+# The whole chain offline (194 s on a 2-core Intel Xeon): see `clipcap demo --help`.
 demo: $(VENV)/.installed
 	$(BIN)/clipcap demo --out demo-out
 
