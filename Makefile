@@ -39,7 +39,7 @@ test-runtime: $(VENV)/.installed
 	rm -rf .venv-runtime build/demo build/bench*
 	$(PYTHON) -m venv .venv-runtime
 	.venv-runtime/bin/python -m pip install --quiet --upgrade pip
-	.venv-runtime/bin/python -m pip install --quiet . pytest
+	.venv-runtime/bin/python -m pip install --quiet . pytest hypothesis
 	! .venv-runtime/bin/python -c "import torch" 2>/dev/null
 	cd /tmp && $(CURDIR)/.venv-runtime/bin/clipcap --help > /dev/null
 	cd /tmp && $(CURDIR)/.venv-runtime/bin/python -c "import clipcap.runtime, sys; assert 'torch' not in sys.modules"
@@ -64,7 +64,11 @@ test-runtime: $(VENV)/.installed
 	    --markdown build/bench.md --plot build/bench.png
 	$(BIN)/clipcap bench serve --quick --cache build/bench-cache --out build/bench-serve.json \
 	    --markdown build/bench-serve.md --plot build/bench-serve.png
-	.venv-runtime/bin/python -m pytest -q
+	# From outside the checkout: its clipcap/ folder would shadow the installed package (runtime/,
+	# export/ and serve/ join it only through the install), so `python -m` and pytest's sys.path
+	# must not see the checkout's root. The tests import in importlib mode (pyproject) for that.
+	cd /tmp && $(CURDIR)/.venv-runtime/bin/pytest -q -p no:cacheprovider --rootdir $(CURDIR) \
+	    -c $(CURDIR)/pyproject.toml $(CURDIR)/tests
 
 # The oldest transformers we support: the tests whose code paths meet transformers (the models
 # against Hugging Face's, CLIP, export, tokenizer, training's GPT-2 loading); the rest does not

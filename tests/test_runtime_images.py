@@ -305,7 +305,5 @@ def test_images_and_preprocess_import_without_torch():
         "import sys, clipcap.runtime.images, clipcap.runtime.preprocess; "
         "print(sorted({'torch', 'torchvision', 'transformers', 'open_clip'} & set(sys.modules)))"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
-    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
