@@ -298,10 +298,13 @@ def test_open_loop_sends_on_schedule_and_counts_rejections():
     assert s.sent == len(schedule) and s.ok + s.rejected == s.sent and s.failed == 0
     assert s.rejected > s.sent / 2 and s.ok >= 3
     assert s.stats["reject_ms_p50"] < s.stats["latency_ms_p50"]
-    # Requests leave close to their arrival times: the client keeps up with the schedule (arrivals
-    # 5 ms apart on average, 0.5 s in all). The median says so; the p99 bound only catches a stall,
-    # since one garbage-collection pause on a loaded 2-core machine can delay a few sends.
-    assert s.stats["send_lag_ms_p50"] < 50 and s.stats["send_lag_ms_p99"] < 1000
+    # An open loop sends on its schedule, not when answers come back: while the first accepted
+    # request was being answered (60 ms at least), many more left. The lag bounds only catch a
+    # client that stalls; how closely it keeps the schedule is the benchmark's figure (a loaded
+    # 2-core machine delays sends by tens of ms), not a timed test's.
+    first = min((r for r in records if r.ok), key=lambda r: r.start)
+    assert sum(r.start < first.end for r in records) > 3 * fake.capacity
+    assert s.stats["send_lag_ms_p50"] < 250 and s.stats["send_lag_ms_p99"] < 2000
 
 
 # --------------------------------------------------------------------------------------------------
