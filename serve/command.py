@@ -117,6 +117,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="info",
         help="log level; info logs one line per request with its id (default: %(default)s)",
     )
+    # --ray, --ray-address, --replicas, --min/--max-replicas, --cpus-per-replica. Argparse only:
+    # ray itself loads in run, and only with --ray.
+    from clipcap.scale.ray_serve import add_ray_serve_arguments
+
+    add_ray_serve_arguments(parser)
 
 
 def parse_bundles(specs: list[str]) -> dict[str, Path]:
@@ -171,12 +176,16 @@ def build_app(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _check(args)
+    if getattr(args, "ray", False):  # replicas on Ray Serve (clipcap.scale.ray_serve), not uvicorn here
+        from clipcap.scale.ray_serve import run_on_ray
+
+        return run_on_ray(args)
+    import uvicorn
+
     app = build_app(args)
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
     server = DrainingServer(config, app, args.grace)
