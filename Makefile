@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # transformers 4.57 is what optimum-onnx accepts; the newest 5.x is what `pip install` takes.
 TRANSFORMERS_COMPAT := 4.57.6
 
-.PHONY: demo test test-runtime test-compat ci lint clean bench-venv
+.PHONY: demo test test-runtime test-compat test-ray ci lint clean bench-venv
 
 # setuptools' editable finder always prints an informational notice ("be careful with folders in
 # your working directory with the same name as your package"), whatever the project; only the
@@ -83,7 +83,20 @@ test-compat:
 	.venv-compat/bin/python -c "import transformers; assert transformers.__version__ == '$(TRANSFORMERS_COMPAT)'"
 	.venv-compat/bin/python -m pytest -q -m "not slow" $(COMPAT_TESTS)
 
-ci: test test-runtime test-compat
+# The Ray half of captioning at scale (scale/ray_data.py, scale/ray_serve.py) in its own torch-free
+# venv with the [serve,ray] extras, on a local two-node Ray cluster: the tests caption with the
+# demo's trained bundle (CLIPCAP_TEST_BUNDLES), made with the dev venv when build/demo lacks it.
+# From outside the checkout, as test-runtime's tests run, so the installed package is imported.
+test-ray: $(VENV)/.installed
+	test -x .venv-ray/bin/python || $(PYTHON) -m venv .venv-ray
+	.venv-ray/bin/python -m pip install --quiet --upgrade pip
+	.venv-ray/bin/python -m pip install --quiet '.[serve,ray]' pytest hypothesis
+	! .venv-ray/bin/python -c "import torch" 2>/dev/null
+	test -d build/demo/bundle-mlp || $(BIN)/clipcap demo --quick --out build/demo
+	cd /tmp && CLIPCAP_TEST_BUNDLES=$(CURDIR)/build/demo $(CURDIR)/.venv-ray/bin/pytest -q -p no:cacheprovider \
+	    --rootdir $(CURDIR) -c $(CURDIR)/pyproject.toml $(CURDIR)/tests/test_scale_ray*.py
+
+ci: test test-runtime test-compat test-ray
 
 # The Hugging Face Optimum baseline's own venv (optimum-onnx needs transformers < 4.58), which
 # `clipcap bench --backends optimum` runs benchmarks/optimum_worker.py in. Idempotent.
