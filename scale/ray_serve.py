@@ -21,12 +21,14 @@ app's readiness, so a replica that is draining, or whose warm-up never finished,
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
-import threading
 import time
 from typing import Any
 
 from clipcap.errors import OptionsError, require
+
+log = logging.getLogger("clipcap.serve")
 
 __all__ = ["add_ray_serve_arguments", "app_builder", "build_application", "run_on_ray"]
 
@@ -202,26 +204,28 @@ def run_on_ray(args: argparse.Namespace) -> int:
     started = not ray.is_initialized()
     if started:
         ray.init(address=args.ray_address) if args.ray_address else ray.init()
+    # After ray.init, which installs its own fatal-signal handler (a SIGTERM would abort the
+    # driver with a stack dump): SIGTERM unwinds like Ctrl-C, through the cleanup below, whether
+    # it comes while the replicas start or while they serve.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         serve.start(http_options={"host": args.host, "port": args.port})
-        serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)
+        serve.run(application, name=APP_NAME, route_prefix="/", blocking=False)  # returns once running
         print(
             f"clipcap serve: listening on http://{args.host}:{args.port} via Ray Serve (ready at /readyz)",
             flush=True,
         )
-        _wait_for_signal()
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("stopping: Ray Serve drains each replica for up to %.0f s", args.grace)
     finally:
-        serve.delete(APP_NAME)
+        serve.delete(APP_NAME)  # each replica drains (graceful_shutdown_timeout_s = --grace)
         if started:
             serve.shutdown()
             ray.shutdown()
     return 0
 
 
-def _wait_for_signal() -> None:
-    """Block until SIGTERM or Ctrl-C; Serve then drains each replica (graceful_shutdown_timeout_s)."""
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    while not stop.wait(0.5):
-        pass
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
