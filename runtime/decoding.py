@@ -67,11 +67,12 @@ def top_n(logprobs: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 Selector = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (log-probs [N, V], image index [N]) -> ids
 
 
-def _selector(options: DecodingOptions, batch: int) -> Selector:
+def _selector(options: DecodingOptions, batch: int, first: int = 0) -> Selector:
     if options.strategy == "greedy":
         return lambda logprobs, _: logprobs.argmax(axis=-1)  # the first maximum on ties
     # One generator per image, so a caption does not depend on what else is in the batch.
-    rngs = [np.random.default_rng(None if options.seed is None else [options.seed, b]) for b in range(batch)]
+    seeds = range(first, first + batch)
+    rngs = [np.random.default_rng(None if options.seed is None else [options.seed, b]) for b in seeds]
 
     def sample(logprobs: np.ndarray, images: np.ndarray) -> np.ndarray:
         if options.strategy == "top_k":
@@ -89,11 +90,13 @@ def _selector(options: DecodingOptions, batch: int) -> Selector:
     return sample
 
 
-def selector(options: DecodingOptions, batch: int) -> Selector:
+def selector(options: DecodingOptions, batch: int, first: int = 0) -> Selector:
     """The token picker ``decode`` uses for greedy and sampling, for ``batch`` images with one
-    generator per image (seeded ``[seed, b]``). Public so that ``clipcap.serve``, which decodes a
-    request's rows inside a shared batch, picks exactly the tokens ``decode`` would."""
-    return _selector(options, batch)
+    generator per image (seeded ``[seed, first + b]``; ``decode`` itself starts at 0). Public so
+    that ``clipcap.serve``, which decodes a request's rows inside a shared batch, picks exactly the
+    tokens ``decode`` would, and a dataset job, whose images are one-image requests, can give
+    image i of a ``Captioner.caption(..., batch_size=B)`` call its generator ``[seed, i % B]``."""
+    return _selector(options, batch, first)
 
 
 def _decode_one_path(inference: Inference, prefix: np.ndarray, options: DecodingOptions) -> list[Generation]:

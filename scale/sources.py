@@ -154,9 +154,9 @@ def _path_of(row: object, column: str) -> tuple[str, str | None]:
 
 
 def _shard(path: Path) -> Iterator[Item]:
-    """A tar shard's image members, streamed in order (``r|*``: no index of the whole archive)."""
+    """A tar shard's image members, streamed in order (``r|``: no index of the whole archive)."""
     try:
-        with tarfile.open(path, mode="r|*") as archive:
+        with tarfile.open(path, mode="r|") as archive:
             for member in archive:
                 if not member.isfile() or Path(member.name).suffix.lower() not in IMAGE_EXTENSIONS:
                     continue  # directories, links, the .json/.txt sidecars img2dataset writes
@@ -166,6 +166,10 @@ def _shard(path: Path) -> Iterator[Item]:
                     continue
                 file = archive.extractfile(member)
                 yield Item(key, source=file.read() if file is not None else b"")
+            # tarfile takes a header cut short after the first member for the end of the archive;
+            # a whole archive ends with two zero blocks after its last member.
+            if path.stat().st_size - archive.offset < 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("it ends inside a member's header: the file was cut short")
     except (tarfile.TarError, OSError, EOFError) as e:
         why = f"{path}: not a readable tar shard ({e}); the items listed before this were kept"
         yield Item(str(path), error=why)

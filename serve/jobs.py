@@ -64,6 +64,7 @@ class Job:
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # batch rows it owns
     logits: np.ndarray | None = None  # its rows' logits from the last prefill or step, not yet used
     tokens_out: int = 0
+    seed_index: int = 0  # sampling: image b draws from a generator seeded [seed, seed_index + b]
 
     @property
     def images(self) -> int:
@@ -88,7 +89,7 @@ class PathDecoder:
     def __init__(self, job: Job) -> None:
         self.job, self.options = job, job.options
         n = job.images
-        self.select = selector(self.options, n)
+        self.select = selector(self.options, n, job.seed_index)
         self.stops = np.asarray(self.options.stop_token_ids, dtype=np.int64)
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.scores = np.zeros(n, dtype=np.float64)

@@ -389,7 +389,7 @@ def test_exit_codes(monkeypatch, capsys):
 def test_caption_without_inputs_is_a_usage_error(tiny_bundle, capsys):
     assert main(["caption", "--bundle", str(tiny_bundle[0])]) == 2
     assert capsys.readouterr().err == (
-        "clipcap caption: error: give IMAGE paths or --embeddings FILE (one of the two)\n"
+        "clipcap caption: error: give INPUT paths or --embeddings FILE (one of the two)\n"
     )
 
 

@@ -14,7 +14,7 @@ HEAVY = ("torch", "transformers", "open_clip")
 
 # Every module of these packages is torch-free, today's and tomorrow's: a new module is checked
 # without anyone adding it here. (`__main__` modules run a program when imported: left out.)
-TORCH_FREE_PACKAGES = ("clipcap.runtime", "clipcap.serve", "clipcap.cli", "clipcap.eval")
+TORCH_FREE_PACKAGES = ("clipcap.runtime", "clipcap.serve", "clipcap.scale", "clipcap.cli", "clipcap.eval")
 
 # The rest of the tree: the torch-free modules by name (the others import torch at the top).
 TORCH_FREE_MODULES = (
@@ -81,8 +81,10 @@ def _heavy_after_import(module: str) -> str:
     "module", [*TORCH_FREE_MODULES, *(m for p in TORCH_FREE_PACKAGES for m in _modules_of(p))]
 )
 def test_torch_free_modules_leave_torch_out(module):
-    if module.startswith("clipcap.serve"):
+    if module.startswith("clipcap.serve") or module.startswith("clipcap.scale.ray_serve"):
         pytest.importorskip("fastapi")
+    if module.startswith("clipcap.scale.ray"):
+        pytest.importorskip("ray")  # the [ray] extra's modules
     assert _heavy_after_import(module) == "[]"
 
 
@@ -91,7 +93,7 @@ def test_every_package_is_covered():
     import clipcap
 
     packages = {f"clipcap.{m.name}" for m in pkgutil.iter_modules(clipcap.__path__) if m.ispkg}
-    packages |= {"clipcap.export", "clipcap.runtime", "clipcap.serve", "clipcap.benchmarks"}
+    packages |= {"clipcap.export", "clipcap.runtime", "clipcap.serve", "clipcap.scale", "clipcap.benchmarks"}
     named = set(TORCH_FREE_PACKAGES) | set(TORCH_FREE_MODULES) | {"clipcap.assets"}
     assert packages <= named, packages - named
 
@@ -108,7 +110,13 @@ def test_lazy_names_resolve():
 
 @pytest.mark.parametrize(
     ("package", "folder"),
-    [("clipcap.export", "export"), ("clipcap.runtime", "runtime"), ("clipcap.benchmarks", "benchmarks")],
+    [
+        ("clipcap.export", "export"),
+        ("clipcap.runtime", "runtime"),
+        ("clipcap.serve", "serve"),
+        ("clipcap.scale", "scale"),
+        ("clipcap.benchmarks", "benchmarks"),
+    ],
 )
 def test_subpackages_map_to_top_level_folders(package, folder):
     module = importlib.import_module(package)
