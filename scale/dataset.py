@@ -83,6 +83,8 @@ def caption_dataset(
     workers: int = 2,
     max_batch_rows: int = 16,
     window: int | None = None,
+    waiting_served_ratio: float = 0.5,
+    max_waiting_steps: int = 8,
     **overrides: Any,
 ) -> Iterator[DatasetResult]:
     """Caption every item (an :class:`Item` or a plain path), yielding results in input order.
@@ -92,6 +94,10 @@ def caption_dataset(
         workers: loader threads (image reading, decoding, preprocessing).
         max_batch_rows: rows the decoder runs at once (a beam-search image takes beam_size).
         window: items in flight at most (default: 4 x max_batch_rows); bounds memory.
+        waiting_served_ratio, max_waiting_steps: the engine's admission grouping (see
+            ``clipcap.serve.engine``). A dataset wants throughput, not a short first token: by
+            default images join a running batch once they can take half as many rows as are
+            running (or after 8 steps), so the encoder, mapper and prefill run on groups.
         overrides: DecodingOptions fields over ``options`` (or the bundle's defaults), as for
             ``Captioner.caption``.
 
@@ -111,7 +117,14 @@ def caption_dataset(
     if window < 1:
         raise OptionsError(f"window must be >= 1, got {window}")
     done = frozenset(skip)
-    engine = Engine(captioner, EngineConfig("continuous", max_batch_rows, max_waiting=window))
+    config = EngineConfig(
+        "continuous",
+        max_batch_rows,
+        max_waiting=window,
+        waiting_served_ratio=waiting_served_ratio,
+        max_waiting_steps=max_waiting_steps,
+    )
+    engine = Engine(captioner, config)
     engine.start()
     pool = ThreadPoolExecutor(workers, thread_name_prefix="clipcap-load")
     pending: collections.deque[Future] = collections.deque()

@@ -90,7 +90,7 @@ class PathDecoder:
         self.job, self.options = job, job.options
         n = job.images
         self.select = selector(self.options, n, job.seed_index)
-        self.stops = np.asarray(self.options.stop_token_ids, dtype=np.int64)
+        self.stops = frozenset(self.options.stop_token_ids)
         self.tokens: list[list[int]] = [[] for _ in range(n)]
         self.scores = np.zeros(n, dtype=np.float64)
         self.alive = np.arange(n)  # the image of each of its rows
@@ -101,8 +101,10 @@ class PathDecoder:
         return len(self.alive)
 
     def group(self) -> tuple[DecodingOptions, int]:
-        """Requests with equal options at the same step share one log_probs call."""
-        return self.options, self.step
+        """Requests with equal options share one log_probs call when it treats them alike: the
+        step matters only while it is below min_new_tokens (stop tokens suppressed), so every
+        later step is one group, whenever each request joined."""
+        return self.options, min(self.step, self.options.min_new_tokens)
 
     def advance(self, logprobs: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Pick the next tokens from this request's log-probs. Returns (rows kept, their tokens),
@@ -115,7 +117,9 @@ class PathDecoder:
                 self.job.emit(("token", (int(b), int(t))))
         self.job.tokens_out += len(next_tokens)
         self.step += 1
-        finished = np.isin(next_tokens, self.stops) | (self.step == self.options.max_new_tokens)
+        # A set lookup per row: a request holds a few rows, and np.isin's setup costs more.
+        ended = [int(t) in self.stops for t in next_tokens]
+        finished = np.array(ended, dtype=bool) | (self.step == self.options.max_new_tokens)
         if self.job.stream:
             for b in self.alive[finished]:
                 self.job.emit(("result", (int(b), Generation(self.tokens[b], float(self.scores[b])))))

@@ -143,12 +143,15 @@ def expected(captioner, sources, options):
     return [(c.tokens, c.score) for c in captioner.caption(sources, options, batch_size=len(sources))]
 
 
-@pytest.mark.parametrize("batching", ["continuous", "static", "none"])
+@pytest.mark.parametrize("batching", ["continuous", "static", "none", "continuous-grouped"])
 def test_served_equals_captioner(captioner, batching):
     """>= 32 concurrent requests of mixed images, options and lengths; each equals the sequential
     Captioner result, token for token."""
     recorder = Recorder()
-    engine = run_engine(captioner, EngineConfig(batching=batching, max_batch_rows=24), recorder)
+    ratio = 1.0 if batching == "continuous-grouped" else 0.0
+    batching = batching.split("-")[0]
+    config = EngineConfig(batching, max_batch_rows=24, waiting_served_ratio=ratio, max_waiting_steps=3)
+    engine = run_engine(captioner, config, recorder)
     cases = []
     for i in range(36):
         options = captioner.options(**MIXES[i % len(MIXES)])
@@ -188,6 +191,36 @@ def test_served_equals_captioner(captioner, batching):
         assert max(recorder.step_rows) <= 3 * 3  # one request: at most 3 images x beam_size 3
     if batching == "continuous":
         assert max(recorder.step_rows) > 9  # requests really shared steps
+
+
+class _Rows:
+    """A stand-in for a running or waiting request: only its row counts matter to admission."""
+
+    def __init__(self, rows: int) -> None:
+        self.max_rows = rows
+        self.decoder = type("D", (), {"rows_needed": rows})()
+
+
+@pytest.mark.parametrize(
+    "running, waiting, waited, admit",
+    [
+        ([4], [1], 0, False),  # 1 waiting row against 4 running: let the group grow
+        ([4], [1, 1, 1], 0, False),
+        ([4], [1, 1, 2], 0, True),  # the group reached 1.0 x the running rows
+        ([12, 2], [1, 1], 0, False),  # 2 free rows of 16: let more rows free up
+        ([4, 2], [4, 4], 0, True),  # 8 rows can join 6
+        ([4], [1], 4, True),  # the oldest waited max_waiting_steps (5) steps
+        ([4], [], 0, True),
+    ],
+)
+def test_grouped_admission_waits_for_a_group_or_a_bounded_time(captioner, running, waiting, waited, admit):
+    config = EngineConfig(max_batch_rows=16, waiting_served_ratio=1.0, max_waiting_steps=5)
+    engine = Engine(captioner, config)
+    engine.running = [_Rows(n) for n in running]
+    engine.waiting.extend(_Rows(n) for n in waiting)
+    engine._steps_waited = waited
+    assert engine._worth_admitting() is admit
+    assert Engine(captioner, EngineConfig(max_batch_rows=16))._worth_admitting()  # ratio 0: always
 
 
 def test_embeddings_request_skips_the_encoder(captioner):
