@@ -124,6 +124,7 @@ def reproduce_command(options: ServeBenchOptions) -> str:
         ("--threads", "threads"),
         ("--max-batch-rows", "max_batch_rows"),
         ("--max-waiting", "max_waiting"),
+        ("--waiting-served-ratio", "waiting_served_ratio"),
         ("--request-timeout", "request_timeout"),
         ("--seed", "seed"),
     ):

@@ -93,6 +93,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-waiting", type=int, default=64, metavar="N", help="server limit (default 64)"
     )
     run_group.add_argument(
+        "--waiting-served-ratio",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="the continuous server's --waiting-served-ratio (default 0: admit between every two steps)",
+    )
+    run_group.add_argument(
         "--request-timeout", type=float, default=60.0, metavar="S", help="server's deadline (default 60)"
     )
     run_group.add_argument("--seed", type=int, default=0, help="draws the requests and arrivals (default 0)")
@@ -137,6 +144,7 @@ def options_from(args: argparse.Namespace):
         beam_mix=not args.no_beam_mix,
         max_batch_rows=args.max_batch_rows,
         max_waiting=args.max_waiting,
+        waiting_served_ratio=args.waiting_served_ratio,
         request_timeout=args.request_timeout,
         seed=args.seed,
         cache_dir=Path(args.cache) if args.cache else DEFAULT_CACHE,

@@ -54,6 +54,7 @@ class ServeBenchOptions:
     threads: int | None = None  # the server's ONNX Runtime threads (default: all cores)
     max_batch_rows: int = 16
     max_waiting: int = 64
+    waiting_served_ratio: float = 0.0  # the continuous server's admission grouping (TGI's rule)
     request_timeout: float = 60.0
     stream_share: float = 0.5
     direct_requests: int | None = None  # default 20, quick 8
@@ -122,6 +123,8 @@ class ServeBenchOptions:
                 problems.append(f"{name} must be an integer >= {least}, got {getattr(self, name)!r}")
         if not isinstance(self.direct_requests, int) or self.direct_requests < 0:
             problems.append(f"direct_requests must be an integer >= 0, got {self.direct_requests!r}")
+        if not self.waiting_served_ratio >= 0:
+            problems.append(f"waiting_served_ratio must be >= 0, got {self.waiting_served_ratio}")
         if not 0 <= self.stream_share <= 1:
             problems.append(f"stream_share must be in [0, 1], got {self.stream_share}")
         if self.trained is not None and not (self.trained / "report.json").is_file():

@@ -53,6 +53,8 @@ class Server:
             str(options.request_timeout),
             "--threads",
             str(options.threads),
+            "--waiting-served-ratio",
+            str(options.waiting_served_ratio),
         ]
         self.startup_timeout = options.startup_timeout
         self.process: subprocess.Popen | None = None

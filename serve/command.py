@@ -69,6 +69,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="static batching: how long an idle server waits for more requests (default: %(default)s)",
     )
     parser.add_argument(
+        "--waiting-served-ratio",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="continuous batching: while a batch runs, let waiting requests join only once the rows "
+        "they can take reach R x the running rows (TGI's rule: the encoder and prefill then run on "
+        "groups; more throughput, a later first token); 0 admits between every two steps "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-waiting-steps",
+        type=int,
+        default=8,
+        metavar="N",
+        help="with --waiting-served-ratio: a waiting request joins after N decode steps whatever the "
+        "ratio says (default: %(default)s)",
+    )
+    parser.add_argument(
         "--request-timeout",
         type=float,
         default=60.0,
@@ -143,6 +161,8 @@ def _check(args: argparse.Namespace) -> None:
         ("--max-batch-rows", args.max_batch_rows, 1),
         ("--max-waiting", args.max_waiting, 1),
         ("--max-images", args.max_images, 1),
+        ("--max-waiting-steps", args.max_waiting_steps, 1),
+        ("--waiting-served-ratio", args.waiting_served_ratio, 0),
     ):
         if value < low:
             raise OptionsError(f"{flag} must be >= {low}, got {value}")
@@ -161,7 +181,14 @@ def build_app(args: argparse.Namespace):
     from clipcap.serve.engine import Engine, EngineConfig
 
     _check(args)
-    config = EngineConfig(args.batching, args.max_batch_rows, args.max_waiting, args.batch_wait_ms)
+    config = EngineConfig(
+        args.batching,
+        args.max_batch_rows,
+        args.max_waiting,
+        args.batch_wait_ms,
+        waiting_served_ratio=args.waiting_served_ratio,
+        max_waiting_steps=args.max_waiting_steps,
+    )
     engines = {
         name: Engine(
             Captioner(

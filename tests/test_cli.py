@@ -312,7 +312,7 @@ def test_every_command_has_help_text_and_shows_its_defaults():
             if action.default not in (None, False, True, [], argparse.SUPPRESS):
                 assert "default" in shown, (name, action.option_strings)
     helps = {name: sub.format_help() for name, sub in _subparsers(build_parser()).items()}
-    assert "images per batch (default: 16)" in helps["caption"]
+    assert "images per batch (decoder rows at once) (default: 16)" in helps["caption"]
     assert "images per batch (default: 64)" in helps["embed"]
     assert "ONNX opset (default: 18)" in helps["export"]
     assert "(default: None)" not in "".join(helps.values())

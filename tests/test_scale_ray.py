@@ -138,6 +138,29 @@ def test_ray_data_gives_the_sequential_captions_every_input_once(cluster, bundle
     assert "no such file" in got[12]["error"]
 
 
+def test_the_command_line_on_ray_writes_and_resumes_like_the_local_job(
+    cluster, bundle_and_images, tmp_path, capsys
+):
+    from clipcap.cli import main
+
+    bundle, images = bundle_and_images
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in images[:6]:
+        (folder / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "c.jsonl"
+    args = ["caption", str(folder), "--bundle", str(bundle), "-o", str(out), "--ray", "--ray-address", "auto"]
+    args += ["--workers", "2", "--batch-size", "2"]
+    assert main(args) == 0
+    want = expected_rows(bundle, [(str(p), str(p)) for p in sorted(folder.iterdir())])
+    same_rows([json.loads(line) for line in out.read_text().splitlines()], want)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:3]) + lines[3][:10])  # a kill cut the fourth row short
+    assert main([*args, "--resume"]) == 0
+    assert "3 captioned, 0 failed, 3 skipped" in capsys.readouterr().err
+    same_rows([json.loads(line) for line in out.read_text().splitlines()], want)
+
+
 def test_bad_options_fail_before_ray_does_any_work(cluster, bundle_and_images):
     from clipcap.errors import OptionsError
 

@@ -28,6 +28,8 @@ def test_help_explains_every_flag_with_its_default():
         "--max-batch-rows",
         "--max-waiting",
         "--batch-wait-ms",
+        "--waiting-served-ratio",
+        "--max-waiting-steps",
         "--request-timeout",
         "--max-body-mb",
         "--max-images",
@@ -67,6 +69,8 @@ def test_bundle_names(tmp_path):
         (["--max-batch-rows", "0"], "--max-batch-rows"),
         (["--request-timeout", "0"], "--request-timeout"),
         (["--port", "70000"], "--port"),
+        (["--waiting-served-ratio", "-1"], "--waiting-served-ratio"),
+        (["--max-waiting-steps", "0"], "--max-waiting-steps"),
     ],
 )
 def test_bad_flags(flags, words):

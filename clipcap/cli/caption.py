@@ -29,7 +29,8 @@ Examples:
   clipcap caption photo.jpg --bundle coco-bundle --strategy beam --beam-size 5 --json
   clipcap caption photos/ -o captions.jsonl --bundle coco-bundle            # a folder, with progress
   clipcap caption photos/ -o captions.jsonl --bundle coco-bundle --resume   # after a crash or Ctrl-C
-  clipcap caption 'shards/{00000..00009}.tar' list.csv --bundle coco-bundle -o out.jsonl
+  clipcap caption shards/*.tar list.csv --bundle coco-bundle -o out.jsonl     # tar shards, a manifest
+  clipcap caption photos/ -o out.jsonl --bundle coco-bundle --ray --workers 4  # on Ray
   find /data -name '*.jpg' | clipcap caption - --bundle coco-bundle --json
   clipcap caption --embeddings clip.npy --bundle coco-bundle     # precomputed [N, D]
   clipcap caption --embeddings coco-embeds --bundle coco-bundle  # an embedding set
@@ -83,6 +84,9 @@ def add_arguments(parser) -> None:
         metavar="N",
         help="threads reading, decoding and preprocessing images ahead of the graphs",
     )
+    from clipcap.scale.ray_data import add_ray_arguments  # argparse only; ray loads with --ray
+
+    add_ray_arguments(parser.add_argument_group("Ray (the [ray] extra; see docs/scaling.md)"))
 
 
 def run(args) -> int:
@@ -94,8 +98,12 @@ def run(args) -> int:
         raise ConfigError("--batch-size and --load-threads must be >= 1")
     if (args.resume or args.overwrite) and not args.out:
         raise ConfigError("--resume and --overwrite continue or replace an -o/--out FILE: give one")
+    if args.ray and args.embeddings:
+        raise ConfigError("--ray captions images; caption --embeddings without it")
     out = _open_output(args)  # before the bundle: a file that would be overwritten fails at once
     try:
+        if args.ray:
+            return _caption_with_ray(args, out)
         captioner = Captioner(args.bundle, **flags.runtime_settings(args))
         # Bad options fail here, before any work.
         options = captioner.options(stop_strings=args.stop, **flags.decoding_overrides(args))
@@ -136,6 +144,32 @@ def _caption_images(args, captioner, options, out) -> int:
             progress.update(result.ok)
     finally:
         results.close()
+        progress.close()
+    return 1 if progress.failed else 0
+
+
+def _caption_with_ray(args, out) -> int:
+    """The same job as a Ray Data pipeline; rows come back in order, so -o and --resume work alike."""
+    from clipcap.scale.ray_data import iter_ray_rows, ray_settings
+    from clipcap.scale.sources import iter_items
+
+    skip = out.done if out is not None else set()
+    items = (i for i in iter_items(args.images, path_column=args.path_column) if i.key not in skip)
+    rows = iter_ray_rows(
+        items,
+        args.bundle,
+        {"stop_strings": args.stop, **flags.decoding_overrides(args)},
+        batch_size=args.batch_size,
+        threads=args.threads,
+        provider=args.provider or "cpu",
+        **ray_settings(args),
+    )
+    progress = _Progress(args, skipped=len(skip), partial=out is not None and out.dropped_partial)
+    try:
+        for row in rows:
+            _emit(args, out, row)
+            progress.update("error" not in row)
+    finally:
         progress.close()
     return 1 if progress.failed else 0
 
