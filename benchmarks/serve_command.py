@@ -95,9 +95,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument(
         "--waiting-served-ratio",
         type=float,
-        default=0.0,
+        default=0.5,
         metavar="R",
-        help="the continuous server's --waiting-served-ratio (default 0: admit between every two steps)",
+        help="the continuous server's --waiting-served-ratio (default 0.5, as `clipcap serve`'s)",
     )
     run_group.add_argument(
         "--request-timeout", type=float, default=60.0, metavar="S", help="server's deadline (default 60)"

@@ -54,7 +54,7 @@ class ServeBenchOptions:
     threads: int | None = None  # the server's ONNX Runtime threads (default: all cores)
     max_batch_rows: int = 16
     max_waiting: int = 64
-    waiting_served_ratio: float = 0.0  # the continuous server's admission grouping (TGI's rule)
+    waiting_served_ratio: float = 0.5  # the continuous server's admission grouping (TGI's rule)
     request_timeout: float = 60.0
     stream_share: float = 0.5
     direct_requests: int | None = None  # default 20, quick 8
