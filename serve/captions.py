@@ -126,6 +126,7 @@ def add_captions_route(app: FastAPI) -> None:
             stream = (
                 parse_bool("stream", fields.get("stream", ["false"])[-1]) if "stream" in fields else False
             )
+            _check_room(engine, state.limits)  # before decoding images: a full queue answers at once
             job, where, names = await _make_job(engine, options, inputs, rid, state.limits, stream)
             run = _Run(request, engine, job, name, where, names)  # binds job.emit before submit
             _submit(engine, job, state.limits)
@@ -243,8 +244,16 @@ async def _make_job(engine, options, inputs, rid, limits, stream) -> tuple[Job, 
 
 
 def _submit(engine: Engine, job: Job, limits) -> None:
+    _busy_is_503(engine.submit, job, limits=limits)
+
+
+def _check_room(engine: Engine, limits) -> None:
+    _busy_is_503(engine.check_room, limits=limits)
+
+
+def _busy_is_503(call, *args, limits) -> None:
     try:
-        engine.submit(job)
+        call(*args)
     except QueueFull as e:
         raise Refused(
             503, f"the server is busy: {e}; retry later", retry_after=limits.retry_after_s

@@ -119,12 +119,21 @@ class Engine:
                 "send fewer images or a smaller beam_size"
             )
         with self._wake:
-            if not self.accepting:
-                raise QueueFull("the server is shutting down")
-            if len(self.waiting) >= self.config.max_waiting:
-                raise QueueFull(f"{len(self.waiting)} requests are waiting (the server's --max-waiting)")
+            self._check_room()
             self.waiting.append(job)
             self._wake.notify()
+
+    def check_room(self) -> None:
+        """Raise QueueFull now if a submit would: the HTTP side asks before it decodes a request's
+        images, so an overloaded server refuses without doing that work first."""
+        with self._wake:
+            self._check_room()
+
+    def _check_room(self) -> None:
+        if not self.accepting:
+            raise QueueFull("the server is shutting down")
+        if len(self.waiting) >= self.config.max_waiting:
+            raise QueueFull(f"{len(self.waiting)} requests are waiting (the server's --max-waiting)")
 
     def wake(self) -> None:
         """Let the loop notice a cancellation now rather than at its next step."""

@@ -293,6 +293,9 @@ def test_queue_full_is_503_at_once_and_timeout_is_504(captioner):
         r = httpx.post(f"{url}/v1/captions", json=body)
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1 and "waiting" in r.json()["error"]
         assert time.monotonic() - start < 0.5
+        # Refused before its images are decoded: a broken upload gets the 503, not a 400.
+        r = httpx.post(f"{url}/v1/captions", files={"image": ("x.png", b"not a png", "image/png")})
+        assert r.status_code == 503 and "waiting" in r.json()["error"]
         first.join()
         second.join()
         gate.opened.set()
