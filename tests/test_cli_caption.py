@@ -110,6 +110,7 @@ def test_resume_after_a_kill_loses_no_row_and_writes_none_twice(tiny_bundle, dat
     assert [r["input"] for r in got if "error" in r] == [str(dataset / "07x.jpg")]
     fresh = tmp_path / "fresh.jsonl"
     subprocess.run(command(fresh), capture_output=True, timeout=300)
+
     def tokens(rows_: list[dict]) -> dict[str, list[int] | None]:
         return {r["input"]: r.get("tokens") for r in rows_}  # scores: equal to float precision
 
