@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -44,8 +43,9 @@ from typing import Any
 from clipcap.runtime import Caption, Captioner
 from clipcap.runtime.images import load_image
 from clipcap.runtime.preprocess import preprocess
+from clipcap.scale.output import result_row
 from clipcap.scale.sources import Item
-from clipcap.serve.engine import Engine, EngineConfig, QueueFull
+from clipcap.serve.engine import Engine, EngineConfig
 from clipcap.serve.jobs import Job
 
 from clipcap.errors import ImageError, OptionsError
@@ -68,10 +68,7 @@ class DatasetResult:
 
     def row(self) -> dict:
         """The JSON line ``clipcap caption --json`` prints for it."""
-        if self.caption is None:
-            return {"input": self.key, "error": self.error}
-        c = self.caption
-        return {"input": self.key, "caption": c.text, "tokens": c.tokens, "score": c.score}
+        return result_row(self.key, self.caption, self.error)
 
 
 def caption_dataset(
@@ -175,7 +172,7 @@ def _start(
             _settle(result, DatasetResult(item.key, error=str(e)))
             return
         job = Job(options, emit, pixels=pixels, request_id=item.key, seed_index=seed_index)
-        _submit(engine, job)
+        engine.submit(job)  # the window keeps its queue from filling; a stopping one refuses
 
     def load_guarded() -> None:
         try:
@@ -191,15 +188,3 @@ def _settle(result: Future, value: DatasetResult) -> None:
     """Set a result unless the job was closed first (its future cancelled: nobody waits for it)."""
     with contextlib.suppress(InvalidStateError):
         result.set_result(value)
-
-
-def _submit(engine: Engine, job: Job) -> None:
-    """The window keeps the engine's queue from filling, but a closing engine refuses: say so."""
-    while True:
-        try:
-            engine.submit(job)
-            return
-        except QueueFull:
-            if not engine.accepting:
-                raise
-            time.sleep(0.001)

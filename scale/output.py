@@ -19,7 +19,16 @@ from typing import IO
 
 from clipcap.errors import DataError, OptionsError
 
-__all__ = ["JsonlOutput"]
+__all__ = ["JsonlOutput", "result_row"]
+
+
+def result_row(key: str, caption=None, error: str | None = None) -> dict:
+    """The row every dataset job writes, and ``clipcap caption --json`` prints: ``{"input",
+    "caption", "tokens", "score"}`` for a caption (a ``clipcap.runtime.Caption``), else
+    ``{"input", "error"}``."""
+    if caption is None:
+        return {"input": key, "error": error}
+    return {"input": key, "caption": caption.text, "tokens": caption.tokens, "score": caption.score}
 
 
 class JsonlOutput:

@@ -96,24 +96,25 @@ class CaptionBatch:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from clipcap.runtime import ImageError, load_image
+        from clipcap.scale.output import result_row
 
         keys = [str(k) for k in batch["key"]]
         rows: list[dict[str, Any] | None] = [None] * len(keys)
         images, where = [], []
         for i, (key, kind, text) in enumerate(zip(keys, batch["kind"], batch["text"], strict=True)):
             if kind == "error":  # an item the listing already failed: reported in its place
-                rows[i] = {"input": key, "error": str(text)}
+                rows[i] = result_row(key, error=str(text))
                 continue
             source = bytes(batch["data"][i]) if kind == "bytes" else str(text)
             try:
                 images.append(load_image(source))
                 where.append(i)
             except ImageError as e:
-                rows[i] = {"input": key, "error": str(e)}
+                rows[i] = result_row(key, error=str(e))
         if images:
             captions = self.captioner.caption(images, self.options, batch_size=len(images))
             for i, c in zip(where, captions, strict=True):
-                rows[i] = {"input": keys[i], "caption": c.text, "tokens": c.tokens, "score": c.score}
+                rows[i] = result_row(keys[i], c)
         return {
             "line": np.array([json.dumps(r) for r in rows], dtype=object),
             "ok": np.array(["error" not in r for r in rows], dtype=bool),

@@ -137,15 +137,10 @@ def _caption_images(args, captioner, options, out) -> int:
         workers=args.load_threads,
         max_batch_rows=args.batch_size,
     )
-    progress = _Progress(args, skipped=len(skip), partial=out is not None and out.dropped_partial)
     try:
-        for result in results:
-            _emit(args, out, result.row())
-            progress.update(result.ok)
+        return _write_rows(args, out, (result.row() for result in results), skipped=len(skip))
     finally:
-        results.close()
-        progress.close()
-    return 1 if progress.failed else 0
+        results.close()  # the decode loop and the loaders stop even when the writing failed
 
 
 def _caption_with_ray(args, out) -> int:
@@ -164,7 +159,12 @@ def _caption_with_ray(args, out) -> int:
         provider=args.provider or "cpu",
         **ray_settings(args),
     )
-    progress = _Progress(args, skipped=len(skip), partial=out is not None and out.dropped_partial)
+    return _write_rows(args, out, rows, skipped=len(skip))
+
+
+def _write_rows(args, out, rows, *, skipped: int) -> int:
+    """Every row to -o FILE or stdout as it comes, with the progress bar; 1 if any row failed."""
+    progress = _Progress(args, skipped=skipped, partial=out is not None and out.dropped_partial)
     try:
         for row in rows:
             _emit(args, out, row)
@@ -176,6 +176,7 @@ def _caption_with_ray(args, out) -> int:
 
 def _caption_embeddings(args, captioner, options, out) -> int:
     from clipcap.runtime.arrays import read_embeddings  # bounded: the header is checked first
+    from clipcap.scale.output import result_row
 
     embeddings = read_embeddings(args.embeddings)
     names = [f"{args.embeddings}[{i}]" for i in range(len(embeddings))]
@@ -186,7 +187,7 @@ def _caption_embeddings(args, captioner, options, out) -> int:
         for start in range(0, len(todo), args.batch_size):
             chunk = todo[start : start + args.batch_size]
             for i, c in zip(chunk, captioner.caption_embeddings(embeddings[chunk], options), strict=True):
-                _emit(args, out, {"input": names[i], "caption": c.text, "tokens": c.tokens, "score": c.score})
+                _emit(args, out, result_row(names[i], c))
                 progress.update(True)
     finally:
         progress.close()
